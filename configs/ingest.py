@@ -1,0 +1,25 @@
+"""Ingest settings: how a music library becomes shards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+
+@dataclass
+class IngestConfig:
+    format: Literal["tar", "zarr"] = "tar"
+    codec: str = "f16r6"  # storage codec of magnitudes; see pipeline/codecs.py
+    keep_complex: bool = False  # store real/imag float16 instead of magnitude
+    segment_frames: int = 2048  # frames per stored segment; a tail >= one crop is kept
+    shard_bytes: int = 1_000_000_000  # target shard size
+    val_fraction: float = 0.05  # share of albums (or artists) held out for validation
+    split_by: Literal["album", "artist"] = "artist"  # what never straddles train/validation
+    workers: int = 2  # LocalCluster workers (one thread each)
+    scheduler: Optional[str] = None  # tcp://host:port of an existing Dask cluster
+
+    def __post_init__(self):
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.segment_frames <= 0 or self.shard_bytes <= 0 or self.workers <= 0:
+            raise ValueError("segment_frames, shard_bytes and workers must be positive")

@@ -1,0 +1,31 @@
+"""Pretraining loader settings: crops, span masking and next-segment pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class LoaderConfig:
+    crop_frames: int = 1024  # two halves of 512 frames
+    token_frames: int = 16  # frames per masked "word"
+    mask_rate: float = 0.15  # share of tokens selected
+    mask_white: float = 0.8  # of the selected: set to 1.0
+    mask_noise: float = 0.1  # of the selected: max(uniform noise, original)
+    mask_keep: float = 0.1  # of the selected: left unchanged
+    next_segment: bool = True  # build next-segment pairs
+    next_prob: float = 0.5  # probability that the second half is the true continuation
+    channel_swap: float = 0.5  # probability of swapping left and right
+    shuffle_buffer: int = 256  # samples in the shuffle buffer
+    epoch_batches: int = 1000  # batches per epoch and rank (resampled shards)
+
+    def __post_init__(self):
+        if not 0.0 < self.mask_rate <= 1.0:
+            raise ValueError(f"mask_rate must be in (0, 1], got {self.mask_rate}")
+        split = (self.mask_white, self.mask_noise, self.mask_keep)
+        if min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
+            raise ValueError(f"mask_white + mask_noise + mask_keep must be 1, got {split}")
+        if self.token_frames <= 0 or self.crop_frames % (2 * self.token_frames):
+            raise ValueError(
+                f"crop_frames ({self.crop_frames}) must be a multiple of 2 * token_frames ({self.token_frames})"
+            )

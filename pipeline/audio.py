@@ -1,0 +1,152 @@
+"""Audio I/O and the STFT: the one module that turns files into spectrograms and back.
+
+Conventions (parameters in ``configs.audio.AudioConfig``):
+- waveforms are float32 ``[C, N]`` at ``sample_rate`` with ``channels`` channels;
+- the STFT is centred (reflect padding of ``n_fft // 2``) with a periodic Hann window, so
+  ``T = 1 + N // hop`` frames, identical to ``torch.stft(..., center=True)``;
+- spectrograms are ``[C, bins, T]`` with ``bins = n_fft // 2 + 1``; the model sees the first
+  ``model_bins = n_fft // 2`` (see ``model_view``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import scipy.fft
+import scipy.signal
+import soundfile as sf
+import soxr
+import torch
+
+from configs.audio import AudioConfig
+
+# Formats libsndfile decodes natively; everything else goes through ffmpeg.
+SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc"}
+FFMPEG_EXTS = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".webm", ".mka"}
+AUDIO_EXTS = SOUNDFILE_EXTS | FFMPEG_EXTS
+
+_STFT_BLOCK = 1024  # frames framed at once: bounds the temporary buffer to ~17 MB
+
+
+class AudioError(RuntimeError):
+    """A file that cannot be used as audio; the message is one line naming the cause."""
+
+
+def read_audio(path: str | Path, audio: AudioConfig = AudioConfig()) -> np.ndarray:
+    """Decode any supported file to float32 ``[audio.channels, N]`` at ``audio.sample_rate``."""
+    wave, rate = decode(path)
+    if wave.shape[1] == 0:
+        raise AudioError("zero duration")
+    return resample(to_channels(wave, audio.channels), rate, audio.sample_rate)
+
+
+def decode(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file at its own rate and channel count: float32 ``[C, N]`` and the rate."""
+    path = Path(path)
+    if path.suffix.lower() in SOUNDFILE_EXTS:
+        try:
+            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError, ValueError) as err:
+            raise AudioError(f"cannot decode: {str(err).strip().splitlines()[0]}") from None
+        return np.ascontiguousarray(data.T), rate
+    return _decode_ffmpeg(path)
+
+
+def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        raise AudioError(f"{path.suffix} needs ffmpeg, which is not installed")
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
+         "-of", "json", str(path)],
+        capture_output=True, text=True,
+    )
+    streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
+    if not streams:
+        raise AudioError("cannot decode: no audio stream (ffprobe)")
+    rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+    out = subprocess.run(
+        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-"],
+        capture_output=True,
+    )
+    if out.returncode != 0:
+        reason = out.stderr.decode(errors="replace").strip().splitlines()
+        raise AudioError(f"cannot decode: {reason[-1] if reason else 'ffmpeg failed'}")
+    data = np.frombuffer(out.stdout, dtype="<f4")
+    data = data[: len(data) // channels * channels]
+    return np.ascontiguousarray(data.reshape(-1, channels).T), rate
+
+
+def to_channels(wave: np.ndarray, channels: int) -> np.ndarray:
+    """Mono is duplicated; 5.1 uses the ITU downmix; other layouts average alternate channels."""
+    have = wave.shape[0]
+    if have == channels:
+        return wave
+    if channels == 1:
+        return wave.mean(axis=0, keepdims=True)
+    if have == 1:
+        return np.repeat(wave, 2, axis=0)
+    if have == 6:  # FL FR FC LFE BL BR
+        g = np.float32(1 / np.sqrt(2))
+        left = wave[0] + g * wave[2] + g * wave[4]
+        right = wave[1] + g * wave[2] + g * wave[5]
+        return np.stack([left, right]) / np.float32(1 + 2 * g)
+    return np.stack([wave[0::2].mean(axis=0), wave[1::2].mean(axis=0)])
+
+
+def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """High-quality resampling with soxr; ``[C, N]`` in and out."""
+    if rate == target:
+        return wave
+    out = soxr.resample(wave.T, rate, target, quality="HQ")
+    return np.ascontiguousarray(out.T, dtype=np.float32)
+
+
+@lru_cache(maxsize=4)
+def _window(n_fft: int) -> np.ndarray:
+    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+
+
+def num_frames(samples: int, audio: AudioConfig = AudioConfig()) -> int:
+    """Frames of the centred STFT of ``samples`` samples."""
+    return 1 + samples // audio.hop
+
+
+def stft(wave: np.ndarray, audio: AudioConfig = AudioConfig()) -> np.ndarray:
+    """Centred STFT: float ``[C, N]`` -> complex64 ``[C, bins, T]`` with ``T = 1 + N // hop``.
+
+    Equal to ``torch.stft(center=True, pad_mode="reflect")`` with a periodic Hann window,
+    computed in blocks of frames with scipy's float32 rfft. The result is a transposed view of a
+    ``[C, T, bins]`` array; ``np.ascontiguousarray`` it (after any elementwise work) if needed.
+    """
+    n_fft, hop = audio.n_fft, audio.hop
+    wave = np.asarray(wave, dtype=np.float32)
+    pad = n_fft // 2
+    mode = "reflect" if wave.shape[-1] > pad else "constant"
+    padded = np.pad(wave, ((0, 0), (pad, pad)), mode=mode)
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]  # [C, T, n_fft]
+    total = num_frames(wave.shape[-1], audio)
+    frames = frames[:, :total]
+    out = np.empty((wave.shape[0], total, audio.bins), dtype=np.complex64)
+    window = _window(n_fft)
+    for start in range(0, total, _STFT_BLOCK):
+        out[:, start : start + _STFT_BLOCK] = scipy.fft.rfft(frames[:, start : start + _STFT_BLOCK] * window)
+    return out.transpose(0, 2, 1)  # a view: elementwise numpy ops on it stay fast
+
+
+def istft(spec: np.ndarray | torch.Tensor, length: int, audio: AudioConfig = AudioConfig()) -> np.ndarray:
+    """Inverse of ``stft``: complex ``[C, bins, T]`` -> float32 ``[C, length]``."""
+    spec = torch.as_tensor(spec)
+    window = torch.hann_window(audio.n_fft, device=spec.device)
+    wave = torch.istft(spec, audio.n_fft, audio.hop, window=window, center=True, length=length)
+    return wave.cpu().numpy().astype(np.float32, copy=False)
+
+
+def model_view(spec: np.ndarray | torch.Tensor):
+    """Drop the Nyquist bin: ``[..., bins, T]`` -> ``[..., model_bins, T]``."""
+    return spec[..., :-1, :]
+

@@ -14,9 +14,10 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,8 @@ def resolve_preset(source: str | Path) -> Path:
         return candidate
     if path.suffix in (".yaml", ".yml") and (PRESET_DIR / path.name).exists():
         return PRESET_DIR / path.name  # "configs/pretrain.yaml" from any working directory
-    raise ConfigError(f"config {str(source)!r}: no such file or preset (presets: {', '.join(preset_names())})")
+    presets = ", ".join(preset_names())
+    raise ConfigError(f"config {str(source)!r}: no such file or preset (presets: {presets})")
 
 
 def read_yaml(source: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
@@ -167,7 +169,7 @@ def coerce(hint: Any, value: Any, where: str):
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+            return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
         item = args[0] if args else Any
         return [coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is Any:

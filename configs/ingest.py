@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 
 @dataclass
@@ -16,7 +16,7 @@ class IngestConfig:
     val_fraction: float = 0.05  # share of albums (or artists) held out for validation
     split_by: Literal["album", "artist"] = "artist"  # what never straddles train/validation
     workers: int = 2  # LocalCluster workers (one thread each)
-    scheduler: Optional[str] = None  # tcp://host:port of an existing Dask cluster
+    scheduler: str | None = None  # tcp://host:port of an existing Dask cluster
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:

@@ -27,5 +27,6 @@ class LoaderConfig:
             raise ValueError(f"mask_white + mask_noise + mask_keep must be 1, got {split}")
         if self.token_frames <= 0 or self.crop_frames % (2 * self.token_frames):
             raise ValueError(
-                f"crop_frames ({self.crop_frames}) must be a multiple of 2 * token_frames ({self.token_frames})"
+                f"crop_frames ({self.crop_frames}) must be a multiple of "
+                f"2 * token_frames ({self.token_frames})"
             )

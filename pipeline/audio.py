@@ -30,6 +30,7 @@ SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".ai
 FFMPEG_EXTS = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".webm", ".mka"}
 AUDIO_EXTS = SOUNDFILE_EXTS | FFMPEG_EXTS
 
+DEFAULT_AUDIO = AudioConfig()
 _STFT_BLOCK = 1024  # frames framed at once: bounds the temporary buffer to ~17 MB
 
 
@@ -37,7 +38,7 @@ class AudioError(RuntimeError):
     """A file that cannot be used as audio; the message is one line naming the cause."""
 
 
-def read_audio(path: str | Path, audio: AudioConfig = AudioConfig()) -> np.ndarray:
+def read_audio(path: str | Path, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
     """Decode any supported file to float32 ``[audio.channels, N]`` at ``audio.sample_rate``."""
     wave, rate = decode(path)
     if wave.shape[1] == 0:
@@ -111,12 +112,12 @@ def _window(n_fft: int) -> np.ndarray:
     return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
 
 
-def num_frames(samples: int, audio: AudioConfig = AudioConfig()) -> int:
+def num_frames(samples: int, audio: AudioConfig = DEFAULT_AUDIO) -> int:
     """Frames of the centred STFT of ``samples`` samples."""
     return 1 + samples // audio.hop
 
 
-def stft(wave: np.ndarray, audio: AudioConfig = AudioConfig()) -> np.ndarray:
+def stft(wave: np.ndarray, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
     """Centred STFT: float ``[C, N]`` -> complex64 ``[C, bins, T]`` with ``T = 1 + N // hop``.
 
     Equal to ``torch.stft(center=True, pad_mode="reflect")`` with a periodic Hann window,
@@ -138,7 +139,7 @@ def stft(wave: np.ndarray, audio: AudioConfig = AudioConfig()) -> np.ndarray:
     return out.transpose(0, 2, 1)  # a view: elementwise numpy ops on it stay fast
 
 
-def istft(spec: np.ndarray | torch.Tensor, length: int, audio: AudioConfig = AudioConfig()) -> np.ndarray:
+def istft(spec: np.ndarray | torch.Tensor, length: int, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
     """Inverse of ``stft``: complex ``[C, bins, T]`` -> float32 ``[C, length]``."""
     spec = torch.as_tensor(spec)
     window = torch.hann_window(audio.n_fft, device=spec.device)

@@ -169,7 +169,8 @@ def coerce(hint: Any, value: Any, where: str):
         if origin is tuple and args:
             if len(args) != len(value):
                 raise ConfigError(f"{where}: expected {len(args)} values, got {value!r}")
-            return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value, strict=True)))
+            pairs = enumerate(zip(args, value, strict=True))
+            return tuple(coerce(a, v, f"{where}[{i}]") for i, (a, v) in pairs)
         item = args[0] if args else Any
         return [coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is Any:

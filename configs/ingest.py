@@ -1,25 +1,36 @@
-"""Ingest settings: how a music library becomes shards."""
+"""Ingest settings: how a music library (or a stems dataset) becomes shards."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
+from pipeline.codecs import get_codec
+
+Stem = Literal["mixture", "vocals", "accompaniment", "drums", "bass", "other"]
+
 
 @dataclass
 class IngestConfig:
     format: Literal["tar", "zarr"] = "tar"
-    codec: str = "f16r6"  # storage codec of magnitudes; see pipeline/codecs.py
+    codec: str = "f16r6"  # storage codec, see pipeline/codecs.py (0.071 dB max error, < FLAC bytes)
     keep_complex: bool = False  # store real/imag float16 instead of magnitude
-    segment_frames: int = 2048  # frames per stored segment; a tail >= one crop is kept
-    shard_bytes: int = 1_000_000_000  # target shard size
+    segment_frames: int = 2048  # frames per stored segment; a tail >= one loader crop is kept
+    shard_bytes: int = 1_000_000_000  # target shard size (a shard holds whole tracks)
     val_fraction: float = 0.05  # share of albums (or artists) held out for validation
     split_by: Literal["album", "artist"] = "artist"  # what never straddles train/validation
     workers: int = 2  # LocalCluster workers (one thread each)
     scheduler: str | None = None  # tcp://host:port of an existing Dask cluster
+    stems: tuple[Stem, ...] = ("mixture", "vocals", "accompaniment")  # stored by ingest-stems
+    reserve_bytes: int = 1_000_000_000  # free space left untouched on every output drive
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.segment_frames <= 0 or self.shard_bytes <= 0 or self.workers <= 0:
             raise ValueError("segment_frames, shard_bytes and workers must be positive")
+        if self.reserve_bytes < 0:
+            raise ValueError(f"reserve_bytes must be >= 0, got {self.reserve_bytes}")
+        if "mixture" not in self.stems or len(set(self.stems)) != len(self.stems):
+            raise ValueError(f"stems must name mixture and no stem twice, got {list(self.stems)}")
+        get_codec(self.codec)

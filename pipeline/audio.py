@@ -13,17 +13,20 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.fft
-import scipy.signal
 import soundfile as sf
 import soxr
-import torch
 
 from configs.audio import AudioConfig
+
+if TYPE_CHECKING:  # torch is imported where it is used: the ingest driver never needs it
+    import torch
 
 # Formats libsndfile decodes natively; everything else goes through ffmpeg.
 SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc"}
@@ -31,7 +34,7 @@ FFMPEG_EXTS = {".m4a", ".aac", ".mp4", ".wma", ".alac", ".ape", ".wv", ".webm", 
 AUDIO_EXTS = SOUNDFILE_EXTS | FFMPEG_EXTS
 
 DEFAULT_AUDIO = AudioConfig()
-_STFT_BLOCK = 1024  # frames framed at once: bounds the temporary buffer to ~17 MB
+_STFT_BLOCK = 64  # frames transformed at once: ~1 MB of temporaries, stays in cache
 
 
 class AudioError(RuntimeError):
@@ -109,7 +112,8 @@ def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
 
 @lru_cache(maxsize=4)
 def _window(n_fft: int) -> np.ndarray:
-    return scipy.signal.get_window("hann", n_fft, fftbins=True).astype(np.float32)
+    """Periodic Hann window (as ``torch.hann_window`` and scipy's ``get_window("hann", fftbins=True)``)."""
+    return (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
 
 
 def num_frames(samples: int, audio: AudioConfig = DEFAULT_AUDIO) -> int:
@@ -124,6 +128,18 @@ def stft(wave: np.ndarray, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
     computed in blocks of frames with scipy's float32 rfft. The result is a transposed view of a
     ``[C, T, bins]`` array; ``np.ascontiguousarray`` it (after any elementwise work) if needed.
     """
+    out = np.empty((wave.shape[0], num_frames(wave.shape[-1], audio), audio.bins), dtype=np.complex64)
+    for start, block in stft_blocks(wave, audio):
+        out[:, start : start + block.shape[1]] = block
+    return out.transpose(0, 2, 1)  # a view: elementwise numpy ops on it stay fast
+
+
+def stft_blocks(wave: np.ndarray, audio: AudioConfig = DEFAULT_AUDIO) -> Iterator[tuple[int, np.ndarray]]:
+    """The STFT of ``stft`` in time blocks: ``(first frame, complex64 [C, frames, bins])``.
+
+    Blocks are small enough to stay in cache, so per-block work (magnitude, float16) is cheap and
+    the whole complex STFT is never held.
+    """
     n_fft, hop = audio.n_fft, audio.hop
     wave = np.asarray(wave, dtype=np.float32)
     pad = n_fft // 2
@@ -131,16 +147,18 @@ def stft(wave: np.ndarray, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
     padded = np.pad(wave, ((0, 0), (pad, pad)), mode=mode)
     frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]  # [C, T, n_fft]
     total = num_frames(wave.shape[-1], audio)
-    frames = frames[:, :total]
-    out = np.empty((wave.shape[0], total, audio.bins), dtype=np.complex64)
     window = _window(n_fft)
+    windowed = np.empty((wave.shape[0], min(_STFT_BLOCK, total), n_fft), dtype=np.float32)
     for start in range(0, total, _STFT_BLOCK):
-        out[:, start : start + _STFT_BLOCK] = scipy.fft.rfft(frames[:, start : start + _STFT_BLOCK] * window)
-    return out.transpose(0, 2, 1)  # a view: elementwise numpy ops on it stay fast
+        n = min(_STFT_BLOCK, total - start)
+        np.multiply(frames[:, start : start + n], window, out=windowed[:, :n])
+        yield start, scipy.fft.rfft(windowed[:, :n])
 
 
 def istft(spec: np.ndarray | torch.Tensor, length: int, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
     """Inverse of ``stft``: complex ``[C, bins, T]`` -> float32 ``[C, length]``."""
+    import torch
+
     spec = torch.as_tensor(spec)
     window = torch.hann_window(audio.n_fft, device=spec.device)
     wave = torch.istft(spec, audio.n_fft, audio.hop, window=window, center=True, length=length)

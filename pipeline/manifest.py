@@ -1,0 +1,122 @@
+"""The dataset manifest: one append-only JSONL file per dataset (default ``<first --out>/manifest.jsonl``).
+
+Lines (each written whole with one ``write``, then fsync'ed; a torn last line is ignored on read and cut
+off before the next append):
+
+- ``{"type": "config", "dataset": "3fa9c2e1", "kind": "spectrogram" | "stems", "audio": {...},
+  "ingest": {...}, "loader": {"crop_frames": ...}, "created": ISO time}``: the first line.
+- ``{"type": "batch", "shards": [shard, ...], "tracks": [track, ...]}``: the outcome of one task (a
+  shard and the tracks in it, atomically) or of a scan (failed and skipped files).
+
+shard: ``path`` (absolute), ``split``, ``format`` ("tar" | "zarr"), ``kind``, ``codec``, ``tracks``,
+``samples``, ``frames``, ``bytes``.
+track: ``id`` (content hash; the sample keys start with it), ``kind``, ``path``, ``size``, ``mtime_ns``,
+``status`` ("ok" | "skipped" | "failed"), ``reason``, ``artist``, ``album``, ``title``, ``split``,
+``duration`` (s), ``frames``, ``segments``, ``max_magnitude``, ``shards`` (paths); stems add ``files``.
+The last entry of a path wins (a failed file is retried by the next run).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+
+
+class ManifestError(RuntimeError):
+    """The manifest cannot be used (corrupt, locked, or made with other settings)."""
+
+
+class Manifest:
+    """What a manifest says: ``config``, ``shards()``, ``tracks()``."""
+
+    def __init__(self, path: Path, lines: list[dict]):
+        self.path = Path(path)
+        configs = [line for line in lines if line.get("type") == "config"]
+        self.config: dict = configs[0] if configs else {}
+        self._shards: dict[str, dict] = {}
+        self._tracks: dict[str, dict] = {}
+        for line in lines:
+            if line.get("type") == "batch":
+                self._shards.update((s["path"], s) for s in line["shards"])
+                self._tracks.update((t["path"], t) for t in line["tracks"])
+
+    def shards(self, split: str | None = None) -> list[dict]:
+        """Shards in the order written, optionally of one split."""
+        return [s for s in self._shards.values() if split is None or s["split"] == split]
+
+    def tracks(self) -> list[dict]:
+        """The latest entry of every source path."""
+        return list(self._tracks.values())
+
+    def track(self, path: str) -> dict | None:
+        return self._tracks.get(path)
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse a manifest; a torn last line (a killed writer) is ignored."""
+    path = Path(path)
+    return Manifest(path, _parse(path.read_bytes(), path)[0])
+
+
+def _parse(data: bytes, path: Path) -> tuple[list[dict], int]:
+    """The lines and the byte length of the intact part."""
+    lines, end = [], 0
+    chunks = data.split(b"\n")
+    for number, chunk in enumerate(chunks, 1):
+        if number == len(chunks):  # after the last newline: empty, or a torn line
+            break
+        try:
+            lines.append(json.loads(chunk))
+        except json.JSONDecodeError:
+            raise ManifestError(f"{path}: line {number} is not JSON (corrupt manifest)") from None
+        end += len(chunk) + 1
+    return lines, end
+
+
+class ManifestWriter:
+    """Exclusive appender: locks ``<manifest>.lock``, repairs a torn tail, writes the config line once.
+
+    ``config`` is the first line for a new manifest; for an existing one, ``check(old_config)`` may
+    raise ManifestError when the settings are incompatible.
+    """
+
+    def __init__(self, path: str | Path, config: dict, check=None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ManifestError(f"{self.path}: another ingest is writing this manifest") from None
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        lines, end = _parse(self._read_all(), self.path)
+        os.ftruncate(self._fd, end)
+        if lines:
+            if check is not None:
+                check(lines[0])
+        else:
+            self.append(config)
+            lines = [config]
+        self.manifest = Manifest(self.path, lines)
+
+    def _read_all(self) -> bytes:
+        with open(self.path, "rb") as f:
+            return f.read()
+
+    def append(self, entry: dict) -> None:
+        """Write ``entry`` as one line, durably."""
+        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+        self._lock.close()
+
+    def __enter__(self) -> ManifestWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

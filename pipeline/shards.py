@@ -1,0 +1,230 @@
+"""The shard schema (the one place that defines it), shard writers and readers.
+
+Sample: one segment of one track, key ``<track_id>_<segment:04d>`` (16 hex digits, no dots).
+
+Record (``<key>.json`` in tar; the ``record`` attribute in zarr):
+    track_id, artist, album, title, split, source (file or stems folder), segment, segments,
+    start_frame, frames, duration (track seconds), sample_rate, n_fft, hop, max_magnitude (the
+    track's max |STFT|, of the mixture for stems: normalise crops by it), kind ("spectrogram" |
+    "stems"), layout ("magnitude" | "complex"), codec (pipeline/codecs.py), members (data member
+    names), shape (stored shape of each member).
+
+Data members: ``spec`` for a spectrogram sample, one per stem (``mixture``, ``vocals``, ...) for a
+stems sample. Stored time-major (what the STFT produces, no transposes on either side):
+magnitude float16 ``[C, frames, bins]``, complex float16 ``[C, frames, bins, 2 (re, im)]``.
+
+``decode_sample`` returns ``{"key", "record", ...}`` with float16 *views* in the project's order (crop
+along the last axis, then convert; ``to_complex`` makes complex64). Decoding a 2048-frame magnitude
+segment takes ~12 ms on one core here, so a loader should take more than one crop per decoded segment:
+    magnitude        {"spec": [C, bins, frames]}
+    complex          {"spec": [2 (re, im), C, bins, frames]}
+    stems            {"stems": {name: [2 (re, im), C, bins, frames]}}   (stems are always complex)
+
+Files: ``<split>-<seq:06d>-<dataset>.tar|.zarr`` (``stems-`` prefix for stems datasets), written as
+``.<name>.partial`` in the same folder, fsync'ed and renamed when complete.
+- tar (read by webdataset): ``<key>.json`` + ``<key>.<member>`` holding ``codec.encode`` bytes (no
+  pickles); written with the standard library's tarfile, so writers need not import webdataset.
+- zarr v3: one group per shard, one subgroup per sample (attribute ``record``) with one float16 array
+  per member holding ``codec.quantize`` values, chunks of 256 frames (blosc zstd + bit shuffle), one
+  file per array (sharding codec). ``iter_zarr_shard`` yields the tar's raw form with arrays instead
+  of bytes, so one ``decode_sample`` serves both formats.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.codecs import Codec, get_codec
+
+ZARR_CHUNK_FRAMES = 256
+SHARD_NAME = re.compile(r"(stems-)?(train|validation|test)-(\d{6})-([0-9a-f]{8})\.(tar|zarr)")
+
+
+def shard_name(kind: str, split: str, seq: int, dataset: str, fmt: str) -> str:
+    """``train-000012-3fa9c2e1.tar`` (``stems-`` prefix for stems)."""
+    return f"{'stems-' if kind == 'stems' else ''}{split}-{seq:06d}-{dataset}.{fmt}"
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it is complete (hidden, same folder)."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def sample_key(track_id: str, segment: int) -> str:
+    return f"{track_id}_{segment:04d}"
+
+
+def open_shard(path: Path, fmt: str, codec: Codec):
+    """A writer for a new shard at ``path`` (written under its partial name until ``commit``)."""
+    return {"tar": TarShard, "zarr": ZarrShard}[fmt](Path(path), codec)
+
+
+class TarShard:
+    """A webdataset tar: ``write`` samples, then ``commit`` (fsync + rename) or ``abort``."""
+
+    def __init__(self, path: Path, codec: Codec):
+        self.path, self.codec, self.temp = path, codec, partial_path(path)
+        self._file = open(self.temp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT)
+
+    def write(self, key: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Add one sample: ``arrays`` maps member names to stored-layout float16 arrays."""
+        self._add(f"{key}.json", json.dumps(record).encode())
+        for name, array in arrays.items():
+            self._add(f"{key}.{name}", self.codec.encode(array, record["max_magnitude"]))
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), 0o444
+        self._tar.addfile(info, io.BytesIO(data))
+
+    def commit(self) -> int:
+        """Make the shard visible; return its size in bytes."""
+        self._tar.close()  # writes the end-of-archive blocks; the file stays ours to close
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        return _publish(self.temp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            pass
+        self.temp.unlink(missing_ok=True)
+
+
+class ZarrShard:
+    """A zarr v3 group with one subgroup per sample; same protocol as ``TarShard``."""
+
+    def __init__(self, path: Path, codec: Codec):
+        import zarr  # imported by zarr shards only (a second per worker otherwise)
+
+        self.path, self.codec, self.temp = path, codec, partial_path(path)
+        self._root = zarr.open_group(self.temp, mode="w", zarr_format=3)
+
+    def write(self, key: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
+        from zarr.codecs import BloscCodec
+
+        group = self._root.create_group(key, attributes={"record": record})
+        compressor = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=2)
+        for name, array in arrays.items():
+            chunks = (array.shape[0], ZARR_CHUNK_FRAMES, *array.shape[2:])
+            frames = -(-array.shape[1] // ZARR_CHUNK_FRAMES) * ZARR_CHUNK_FRAMES
+            group.create_array(name, data=self.codec.quantize(array, record["max_magnitude"]), chunks=chunks,
+                               shards=(array.shape[0], frames, *array.shape[2:]), compressors=compressor)
+
+    def commit(self) -> int:
+        for folder, _, files in os.walk(self.temp):
+            for name in files:
+                with open(os.path.join(folder, name), "rb+") as f:
+                    os.fsync(f.fileno())
+        return _publish(self.temp, self.path)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _publish(temp: Path, path: Path) -> int:
+    """Rename ``temp`` to ``path`` durably; return the bytes it holds."""
+    os.rename(temp, path)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return shard_bytes(path)
+
+
+def shard_bytes(path: Path) -> int:
+    """Size of a shard file, or the total of a zarr shard's files."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def remove_shard(path: Path) -> None:
+    if Path(path).is_dir():
+        shutil.rmtree(path)
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def decode_sample(raw: dict) -> dict:
+    """A raw sample (from ``webdataset.WebDataset`` or ``iter_zarr_shard``) -> ``{"key", "record",
+    "spec"}`` or ``{"key", "record", "stems"}`` with float16 views as in the module docstring."""
+    record = json.loads(raw["json"])
+    codec = get_codec(record["codec"])
+    views = {}
+    for name in record["members"]:
+        value = raw[name]
+        stored = value if isinstance(value, np.ndarray) else codec.decode(value, record["shape"])
+        views[name] = stored.transpose(0, 2, 1) if stored.ndim == 3 else stored.transpose(3, 0, 2, 1)
+    out = {"key": raw["__key__"], "record": record}
+    if record["kind"] == "stems":
+        out["stems"] = views
+    else:
+        out["spec"] = views["spec"]
+    return out
+
+
+def to_complex(spec: np.ndarray) -> np.ndarray:
+    """float16 ``[2 (re, im), ...]`` (e.g. a crop of a decoded view) -> complex64 ``[...]``."""
+    out = np.empty(spec.shape[1:], np.complex64)
+    out.real, out.imag = spec[0], spec[1]
+    return out
+
+
+def iter_tar_shard(path: str | Path) -> Iterator[dict]:
+    """Raw samples of a tar shard, as ``webdataset.WebDataset`` yields them (bytes values)."""
+    with tarfile.open(path, "r|") as tar:
+        sample: dict = {}
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if sample and key != sample["__key__"]:
+                yield sample
+                sample = {}
+            if not sample:
+                sample = {"__key__": key, "__url__": str(path)}
+            sample[ext] = tar.extractfile(member).read()
+        if sample:
+            yield sample
+
+
+def iter_zarr_shard(path: str | Path) -> Iterator[dict]:
+    """Raw samples of a zarr shard in the tar's form, with float16 arrays as member values."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r")
+    for key in sorted(root.group_keys()):
+        group = root[key]
+        record = group.attrs["record"]
+        yield {"__key__": key, "__url__": str(path), "json": json.dumps(record).encode(),
+               **{name: group[name][...] for name in record["members"]}}
+
+
+def iter_shard(path: str | Path) -> Iterator[dict]:
+    """Decoded samples of a tar or zarr shard, in stored order."""
+    raw = iter_zarr_shard(path) if Path(path).is_dir() else iter_tar_shard(path)
+    return map(decode_sample, raw)
+
+
+def read_json_records(path: str | Path) -> list[dict]:
+    """Just the records of a shard (no data decoded): for inspect and tests."""
+    if Path(path).is_dir():
+        import zarr
+
+        root = zarr.open_group(str(path), mode="r")
+        return [root[key].attrs["record"] for key in sorted(root.group_keys())]
+    with tarfile.open(path, "r|") as tar:
+        return [json.loads(tar.extractfile(m).read()) for m in tar if m.name.endswith(".json")]

@@ -1,0 +1,82 @@
+"""Storage codecs: exact inverse of their quantisation, stated error bounds, sizes."""
+
+import numpy as np
+import pytest
+
+from configs.audio import AudioConfig
+from pipeline.codecs import get_codec
+from pipeline.tracks import stored_array
+
+
+def music_like(seconds=3.0, seed=0):
+    """Harmonic tones with a decaying envelope plus a little noise, stereo, as float32 [2, N]."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(44100 * seconds)) / 44100
+    tone = sum(np.sin(2 * np.pi * 220 * k * t) / k for k in range(1, 12)) * np.exp(-(t % 0.5) * 6)
+    left = 0.2 * tone + 0.01 * rng.standard_normal(t.size)
+    return np.stack([left, 0.8 * left + 0.005 * rng.standard_normal(t.size)]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def magnitude():
+    array, peak = stored_array(music_like(), AudioConfig(), keep_complex=False)
+    return array, peak
+
+
+def error_db(decoded, reference):
+    decoded, reference = decoded.astype(np.float64), reference.astype(np.float64)
+    return np.abs(20 * np.log10(decoded / reference))
+
+
+def test_lossless_codec_round_trips_exactly(magnitude):
+    array, peak = magnitude
+    codec = get_codec("f16")
+    data = codec.encode(array, peak)
+    assert np.array_equal(codec.decode(data, array.shape).view(np.uint16), array.view(np.uint16))
+    assert len(data) < array.nbytes
+
+
+@pytest.mark.parametrize("name", ["f16r6", "f16r4"])
+def test_lossy_codec_error_is_within_its_bound_above_the_floor(magnitude, name):
+    array, peak = magnitude
+    codec = get_codec(name)
+    decoded = codec.decode(codec.encode(array, peak), array.shape)
+    assert np.array_equal(decoded.view(np.uint16), codec.quantize(array, peak).view(np.uint16))
+    step = 2.0 ** -codec.mantissa_bits  # the floor is compared after rounding: +-1 step
+    values = array.astype(np.float32)
+    kept, floored = values >= peak * 1e-5 * (1 + step), values < peak * 1e-5 * (1 - step)
+    bound = codec.max_error_db + 20 * np.log10(1 + 2**-11)
+    assert error_db(decoded[kept], array[kept]).max() <= bound + 1e-9
+    assert floored.any() and np.all(decoded[floored] == 0)
+    assert codec.max_error_db < (0.1 if name == "f16r6" else 0.3)
+
+
+def test_default_codec_is_smaller_than_lossless(magnitude):
+    array, peak = magnitude
+    sizes = {name: len(get_codec(name).encode(array, peak)) for name in ("f16", "f16r6", "f16r4")}
+    assert sizes["f16r4"] < sizes["f16r6"] < 0.8 * sizes["f16"]
+
+
+def test_complex_values_keep_their_sign():
+    array, peak = stored_array(music_like(1.0), AudioConfig(), keep_complex=True)
+    codec = get_codec("f16r6")
+    decoded = codec.decode(codec.encode(array, peak), array.shape).astype(np.float32)
+    reference = array.astype(np.float32)
+    kept = np.abs(reference) >= peak * 1.02e-5
+    assert np.all(np.sign(decoded[kept]) == np.sign(reference[kept]))
+    assert np.all(np.abs(decoded - reference)[kept] <= np.abs(reference[kept]) * (2**-7 + 2**-11))
+
+
+def test_decode_rejects_a_wrong_shape_and_truncated_bytes(magnitude):
+    array, peak = magnitude
+    codec = get_codec("f16r6")
+    data = codec.encode(array, peak)
+    with pytest.raises(ValueError, match="do not hold"):
+        codec.decode(data, (2, 3, 4))
+    with pytest.raises(ValueError, match="header says"):
+        codec.decode(data[: len(data) // 2], array.shape)
+
+
+def test_unknown_codec_names_the_valid_ones():
+    with pytest.raises(ValueError, match="f16r1"):
+        get_codec("f16r12")

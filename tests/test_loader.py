@@ -1,0 +1,280 @@
+"""The pretraining loader on real shards written by the ingest code (tar) and the same samples as zarr.
+
+The session fixture ingests a small generated library (12 tracks of 12 s, segments of 256 frames,
+one track per shard: 8 train shards, 4 validation shards); crops are 128 frames, tokens 8 frames.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from configs import ConfigError, load_config
+from pipeline.codecs import get_codec
+from pipeline.loader import build_pretrain_loader
+from pipeline.manifest import ManifestWriter, read_manifest
+from pipeline.shards import ZarrShard, decode_sample, iter_shard, iter_tar_shard
+from pipeline.stages import normalise
+
+CROP, TOKEN, BINS = 128, 8, 1024
+INGEST = [  # one track per shard; half the artists (1 of 3 here) held out for validation
+    "ingest.segment_frames=256", "ingest.shard_bytes=1", "ingest.val_fraction=0.5", "ingest.split_by=artist",
+    "ingest.workers=1", f"loader.crop_frames={CROP}", f"loader.token_frames={TOKEN}",
+]
+
+
+def write_manifest(path: Path, config: dict, shards: list[dict]) -> Path:
+    with ManifestWriter(path, config) as writer:
+        writer.append({"type": "batch", "shards": shards, "tracks": []})
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """In-process loaders run their tensor ops on the calling thread, like a DataLoader worker (which
+    uses one thread); OpenMP threads on a busy 2-core machine make small ops 50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tar_manifest(tmp_path_factory) -> Path:
+    from pipeline.example_library import write_example_library  # not imported by the DDP processes
+    from pipeline.ingest import ingest_library
+
+    root = tmp_path_factory.mktemp("loader")
+    write_example_library(root / "library", seed=0, artists=3, albums_per_artist=2, songs_per_album=2,
+                          seconds=12.0)
+    summary = ingest_library([root / "library"], [root / "shards"], load_config("tiny", INGEST),
+                             progress=False, log=lambda line: None)
+    return summary.manifest
+
+
+@pytest.fixture(scope="session")
+def zarr_manifest(tar_manifest, tmp_path_factory) -> Path:
+    """The same samples rewritten as zarr shards (the ingest's zarr writer), in the same manifest order.
+    The decoded values are stored as they are (lossless "f16"): quantising twice can move values at
+    the codec's floor."""
+    out = tmp_path_factory.mktemp("zarr")
+    manifest = read_manifest(tar_manifest)
+    codec = get_codec(manifest.config["ingest"]["codec"])
+    shards = []
+    for shard in manifest.shards():
+        path = out / Path(shard["path"]).with_suffix(".zarr").name
+        writer = ZarrShard(path, get_codec("f16"))
+        for raw in iter_tar_shard(shard["path"]):
+            record = json.loads(raw["json"])
+            writer.write(raw["__key__"], record, {"spec": codec.decode(raw["spec"], record["shape"])})
+        shards.append({**shard, "path": str(path), "format": "zarr", "bytes": writer.commit()})
+    return write_manifest(out / "manifest.jsonl", manifest.config, shards)
+
+
+def loader(manifest, split="train", **options):
+    options = {"batch_size": 8, "num_workers": 0, "config": load_config("tiny", INGEST), **options}
+    return build_pretrain_loader(manifest, split=split, **options)
+
+
+def take(batches, n: int) -> list[dict]:
+    out = []
+    for batch in batches:
+        out.append(batch)
+        if len(out) == n:
+            break
+    return out
+
+
+def test_batches_have_the_documented_layout(tar_manifest):
+    train = loader(tar_manifest, batch_size=4, epoch_batches=3)
+    batches = list(train)
+    assert len(batches) == len(train) == 3
+    batch = batches[0]
+    assert batch["input"].shape == batch["target"].shape == (4, 2, BINS, CROP)
+    assert batch["input"].dtype == batch["target"].dtype == torch.float16
+    assert batch["masked"].shape == (4, CROP) and batch["masked"].dtype == torch.bool
+    assert batch["is_next"].shape == (4,) and batch["is_next"].dtype == torch.bool
+    assert len(batch["key"]) == len(batch["track"]) == len(batch["pair_track"]) == 4
+    assert 0 <= batch["target"].min() and batch["target"].max() <= 1
+    assert train.stats() == {"bad_shards": 0, "bad_samples": 0, "short_segments": 0}
+
+
+def test_options_are_checked(tar_manifest):
+    with pytest.raises(ConfigError, match="mask_ratio"):
+        loader(tar_manifest, mask_ratio=0.3)
+    with pytest.raises(ConfigError, match="no spectrogram shards in split 'val'.*validation"):
+        loader(tar_manifest, split="val")
+    with pytest.raises(ConfigError, match="shorter than crop_frames"):
+        loader(tar_manifest, crop_frames=512)
+
+
+def token_kinds(batch: dict) -> np.ndarray:
+    """Infer each token's kind from the data: 0 unselected, 1 white, 2 noise, 3 kept; checks each kind."""
+    b = len(batch["key"])
+    x = batch["input"].unflatten(-1, (-1, TOKEN)).transpose(1, 3)  # [B, n, C, F, k] -> tokens first
+    y = batch["target"].unflatten(-1, (-1, TOKEN)).transpose(1, 3)
+    selected = batch["masked"].view(b, -1, TOKEN)
+    assert (selected.all(-1) == selected.any(-1)).all(), "masks align to token boundaries"
+    kinds = np.zeros(selected.shape[:2], np.int8)
+    for i, t in zip(*np.nonzero(selected.any(-1).numpy()), strict=True):
+        same, white = torch.equal(x[i, t], y[i, t]), bool((x[i, t] == 1.0).all())
+        kinds[i, t] = 3 if same else 1 if white else 2
+        if kinds[i, t] == 2:
+            assert (x[i, t] >= y[i, t]).all(), "noise tokens are max(noise, original)"
+    unselected = ~selected.any(-1)
+    assert torch.equal(x[unselected], y[unselected]), "unselected tokens are the target"
+    return kinds
+
+
+def test_span_masking_statistics(tar_manifest):
+    batches = list(loader(tar_manifest, epoch_batches=50))  # 400 crops, 16 tokens each, 14 eligible
+    kinds = np.concatenate([token_kinds(batch) for batch in batches])
+    n_tokens, seam = CROP // TOKEN, [CROP // TOKEN // 2 - 1, CROP // TOKEN // 2]
+    assert not kinds[:, seam].any(), "the seam tokens are never selected"
+    eligible = n_tokens - 2
+    expected = 0.15 + 0.85**eligible / eligible  # at least one token per crop
+    assert abs((kinds > 0).sum() / (len(kinds) * eligible) - expected) < 0.02
+    selected = kinds[kinds > 0]
+    assert abs(np.mean(selected == 1) - 0.8) < 0.05
+    assert abs(np.mean(selected == 2) - 0.1) < 0.04
+    assert abs(np.mean(selected == 3) - 0.1) < 0.04
+
+
+def test_a_higher_mask_rate_and_split_are_configuration(tar_manifest):
+    batches = list(loader(tar_manifest, epoch_batches=10, mask_rate=0.6, mask_white=0.2, mask_noise=0.4,
+                          mask_keep=0.4))
+    selected = np.concatenate([token_kinds(batch) for batch in batches])
+    assert abs((selected > 0).mean() * 16 / 14 - 0.6) < 0.06
+    assert abs(np.mean(selected[selected > 0] == 1) - 0.2) < 0.07
+
+
+def frame_owners(manifest: Path) -> dict[bytes, set[str]]:
+    """Every normalised frame ``[C, bins]`` of every train segment (either channel order) -> its tracks."""
+    owners: dict[bytes, set[str]] = {}
+    for shard in read_manifest(manifest).shards("train"):
+        for sample in iter_shard(shard["path"]):
+            spec = normalise(torch.from_numpy(sample["spec"][:, :BINS]), sample["record"]["max_magnitude"])
+            for frames in (spec, spec.flip(0)):
+                for frame in frames.permute(2, 0, 1).numpy():
+                    owners.setdefault(frame.tobytes(), set()).add(sample["record"]["track_id"])
+    return owners
+
+
+def test_pairs_separator_and_foreign_halves(tar_manifest):
+    batches = list(loader(tar_manifest, epoch_batches=20))
+    half, width = CROP // 2, TOKEN // 2
+    owners = frame_owners(tar_manifest)
+    is_next = torch.cat([batch["is_next"] for batch in batches])
+    assert abs(is_next.float().mean().item() - 0.5) < 0.1
+    for batch in batches:
+        for name in ("input", "target"):
+            seam = batch[name][..., half - width : half + width]
+            assert (seam[:, :, 0::2] == 1.0).all() and (seam[:, :, 1::2] == 0.0).all(), "separator"
+        assert not batch["masked"][:, half - width : half + width].any()
+        for i, (track, pair) in enumerate(zip(batch["track"], batch["pair_track"], strict=True)):
+            assert (track == pair) == bool(batch["is_next"][i])
+            frames = batch["target"][i].permute(2, 0, 1).numpy()  # [T, C, bins]
+            for t in (0, half - width - 1):
+                assert track in owners[frames[t].tobytes()]
+            for t in (half + width, CROP - 1):
+                assert pair in owners[frames[t].tobytes()]
+
+
+def test_next_segment_can_be_switched_off(tar_manifest):
+    batch = next(iter(loader(tar_manifest, epoch_batches=1, next_segment=False)))
+    assert batch["is_next"].all() and batch["track"] == batch["pair_track"]
+
+
+def test_same_seed_same_batches_and_fixed_validation(tar_manifest):
+    a = take(loader(tar_manifest, num_workers=2, seed=3, epoch_batches=4), 4)
+    b = take(loader(tar_manifest, num_workers=2, seed=3, epoch_batches=4), 4)
+    c = take(loader(tar_manifest, num_workers=2, seed=4, epoch_batches=4), 4)
+    for x, y in zip(a, b, strict=True):
+        assert x["key"] == y["key"]
+        assert all(torch.equal(x[k], y[k]) for k in ("input", "target", "masked", "is_next"))
+    assert [x["key"] for x in a] != [x["key"] for x in c]
+    validation = loader(tar_manifest, split="validation", num_workers=2)
+    first, second = list(validation), list(validation)
+    assert sum(len(x["key"]) for x in first) == 8  # 4 tracks x 2 segments, each once per pass
+    assert [x["key"] for x in first] == [x["key"] for x in second]
+    assert all(torch.equal(x["input"], y["input"]) for x, y in zip(first, second, strict=True))
+
+
+def test_zarr_shards_give_the_same_batches_as_tar(tar_manifest, zarr_manifest):
+    a = take(loader(tar_manifest, seed=5, epoch_batches=3), 3)
+    b = take(loader(zarr_manifest, seed=5, epoch_batches=3), 3)
+    for x, y in zip(a, b, strict=True):
+        assert x["key"] == y["key"]
+        assert torch.equal(x["input"], y["input"]) and torch.equal(x["target"], y["target"])
+
+
+def corrupt_copies(manifest: Path, out: Path) -> Path:
+    """Three train shards: one with the first data member's bytes flipped, one truncated, one intact."""
+    contents = read_manifest(manifest)
+    shards = []
+    for shard in contents.shards("train")[:3]:
+        path = out / Path(shard["path"]).name
+        shutil.copy(shard["path"], path)
+        shards.append({**shard, "path": str(path)})
+    with tarfile.open(shards[0]["path"]) as archive:
+        member = next(m for m in archive if m.name.endswith(".spec"))
+    with open(shards[0]["path"], "r+b") as f:
+        f.seek(member.offset_data)
+        f.write(bytes(b ^ 0xFF for b in f.read(16)))
+    os.truncate(shards[1]["path"], os.path.getsize(shards[1]["path"]) // 2)
+    return write_manifest(out / "manifest.jsonl", contents.config, shards)
+
+
+def test_corrupt_shards_are_skipped_and_counted(tar_manifest, tmp_path):
+    manifest = corrupt_copies(tar_manifest, tmp_path)
+    with pytest.raises(Exception):  # noqa: B017 - the flipped member really is undecodable
+        next(iter_shard(read_manifest(manifest).shards()[0]["path"]))
+    train = loader(manifest, batch_size=4, epoch_batches=8)
+    with pytest.warns(RuntimeWarning, match="loader skipped"):
+        batches = list(train)
+    assert len(batches) == 8
+    stats = train.stats()
+    assert stats["bad_samples"] >= 1 and stats["bad_shards"] >= 1
+    workers = loader(manifest, batch_size=4, num_workers=2, epoch_batches=8)
+    assert len(list(workers)) == 8 and workers.stats()["bad_shards"] + workers.stats()["bad_samples"] >= 1
+
+
+def _ddp_rank(rank: int, port: int, manifest: str, out: str):
+    mp.set_start_method("fork", force=True)  # as under torchrun (mp.spawn children would spawn workers: slow)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        batches = loader(manifest, batch_size=2, num_workers=2, seed=0, epoch_batches=6)
+        keys = [batch["key"] for batch in batches]
+        Path(out, f"{rank}.json").write_text(json.dumps(keys))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_ranks_and_workers_see_disjoint_shards(tar_manifest, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(port, str(tar_manifest), str(tmp_path)), nprocs=2, join=True)
+    shard_of = {}
+    for shard in read_manifest(tar_manifest).shards("train"):
+        for raw in iter_tar_shard(shard["path"]):
+            shard_of[decode_sample(raw)["key"]] = shard["path"]
+    seen = []
+    for rank in range(2):
+        keys = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert len(keys) == 6  # the same number of batches on every rank
+        by_worker = [{shard_of[k] for batch in keys[w::2] for k in batch} for w in range(2)]  # round robin
+        assert not by_worker[0] & by_worker[1]
+        seen.append(by_worker[0] | by_worker[1])
+    assert not seen[0] & seen[1]

@@ -26,7 +26,14 @@ system-deps:
 demo: install system-deps
 	rm -rf $(DEMO)
 	$(BIN)/specbert example $(DEMO)
-	@echo "demo outputs are under $(DEMO)/"
+	$(BIN)/specbert ingest $(DEMO)/library --out $(DEMO)/shards --config tiny --workers 2 --no-progress \
+	  --set ingest.split_by=album --set ingest.val_fraction=0.2
+	$(BIN)/specbert inspect $(DEMO)/shards/manifest.jsonl --png $(DEMO)/sample.png
+	$(BIN)/specbert pretrain --config tiny --manifest $(DEMO)/shards/manifest.jsonl --run-dir $(DEMO)/pretrain --steps 60
+	$(BIN)/specbert ingest-stems $(DEMO)/stems --out $(DEMO)/stem-shards --config tiny --no-progress
+	@echo "demo outputs are under $(DEMO)/: library/ and stems/ (example audio), shards/ (manifest.jsonl,"
+	@echo "tar shards), sample.png (an ingested spectrogram), pretrain/ (checkpoints, TensorBoard logs,"
+	@echo "preview PNGs), stem-shards/ (complex STFT stems for fine-tuning)"
 
 test: install system-deps lint
 	$(BIN)/python -m pytest -q

@@ -78,6 +78,270 @@ def example(out, seed, artists, albums_per_artist, songs_per_album, seconds, ste
         click.echo(f"wrote {stem_tracks} stem tracks under {root}")
 
 
+@main.command()
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Manifest written by `specbert ingest`.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Checkpoints, TensorBoard logs, metrics.jsonl and preview PNGs go here.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Step budget (default: train.steps).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --run-dir (if any).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Default: cuda when available.")
+@config_options
+def pretrain(manifest, run_dir, steps, resume, device, cfg):
+    """Pretrain the model on the shards listed in --manifest (masked spans, next segment).
+
+    \b
+    Several GPUs or nodes: torchrun --nproc_per_node N $(which specbert) pretrain ...
+    Exit code 0 at the step budget; 143 (SIGTERM) or 130 (SIGINT) after a signal stopped the run
+    and a checkpoint was saved: run again with --resume to continue.
+    """
+    from train.checkpoint import CheckpointError
+    from train.pretrain import ManifestData, PretrainTask
+    from train.trainer import launch
+
+    if steps is not None:
+        cfg.train.steps = steps
+    try:
+        code = launch(lambda c: PretrainTask(c, ManifestData(c, manifest)), cfg, run_dir, resume, device)
+    except (CheckpointError, FileExistsError) as err:
+        raise click.ClickException(str(err)) from None
+    sys.exit(code)
+
+
+def ingest_options(command):
+    """Options shared by ``ingest`` and ``ingest-stems``."""
+    options = [
+        click.option("--out", "outs", multiple=True, required=True,
+                     type=click.Path(file_okay=False, path_type=Path),
+                     help="Output folder (repeat for several drives: shards spread by free space)."),
+        click.option("--manifest", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Manifest file. Default: <first --out>/manifest.jsonl."),
+        click.option("--format", "fmt", type=click.Choice(["tar", "zarr"]), default=None,
+                     help="Shard format (default: ingest.format, tar)."),
+        click.option("--codec", default=None,
+                     help="Storage codec: f16, f16r1..f16r9 (default: ingest.codec, f16r6)."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="LocalCluster workers, one thread each (default: ingest.workers)."),
+        click.option("--scheduler", default=None, metavar="tcp://HOST:PORT",
+                     help="Use an existing Dask cluster (its workers must see the paths)."),
+        click.option("--progress/--no-progress", default=True, show_default=True),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _run_ingest(run, roots, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
+    """Shared body of the ingest commands: print the summary, exit 1 when a file failed."""
+    from configs import ConfigError
+    from pipeline.ingest import IngestError, with_options
+
+    try:
+        cfg = with_options(cfg, format=fmt, codec=codec, workers=workers, scheduler=scheduler)
+        summary = run(roots, outs, cfg, manifest=manifest, progress=progress,
+                      log=lambda line: click.echo(line, err=True))
+    except ConfigError as err:
+        raise click.BadParameter(str(err)) from None
+    except IngestError as err:
+        raise click.ClickException(str(err)) from None
+    for line in summary.lines():
+        click.echo(line)
+    sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("library", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@ingest_options
+@config_options
+def ingest(library, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
+    """Turn music libraries (folders of FLAC, MP3, OGG/Opus, WAV/AIFF, M4A...) into STFT shards.
+
+    Runs again on the same library and outputs, it skips what is done and finishes the rest.
+    Exit code 1 when any file failed (the summary and the manifest say which, and why).
+    """
+    from pipeline.ingest import ingest_library
+
+    _run_ingest(ingest_library, library, outs, manifest, fmt, codec, workers, scheduler, progress, cfg)
+
+
+@main.command("ingest-stems")
+@click.argument("dataset", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@ingest_options
+@config_options
+def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
+    """Turn stems datasets (MUSDB18-HQ layout, or mixtures/ + instruments/) into complex STFT shards.
+
+    The stems stored are ingest.stems (default mixture, vocals, accompaniment), aligned in one sample.
+    """
+    from pipeline.ingest import ingest_stems as run
+
+    _run_ingest(run, dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg)
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Render a spectrogram of one sample to this PNG file.")
+@click.option("--sample", "sample_index", default=0, show_default=True, help="Which sample --png renders.")
+@config_options
+def inspect(paths, png, sample_index, cfg):
+    """Counts, hours, splits and sizes of a manifest or of shards; --png shows a sample."""
+    from pipeline.inspect import describe, render_png
+
+    try:
+        for line in describe(paths):
+            click.echo(line)
+        if png is not None:
+            click.echo(render_png(paths, png, sample_index))
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+def stored_config_overrides() -> dict:
+    """``--config`` and ``--set`` as a nested dict, for commands that merge them over a model's stored config
+    (``config_options`` has already checked them)."""
+    from configs import merge, parse_override, read_yaml
+
+    params = click.get_current_context().params
+    data = read_yaml(params["config_source"]) if params["config_source"] else {}
+    for text in params["overrides"]:
+        data = merge(data, parse_override(text))
+    return data
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--onnx", is_flag=True, help="Also write the mask network as OUT.onnx (needs onnx).")
+@click.option("--torchscript", is_flag=True, help="Also write the mask network as OUT.torchscript.pt.")
+@config_options
+def export(checkpoint, out, onnx, torchscript, cfg):
+    """Export CHECKPOINT (a step_* folder, or a run folder: its latest) as the model file OUT.
+
+    OUT is one self-contained safetensors file: the weights, and a JSON header with the config, the
+    STFT, the sample rate, the format version and a hash; loading it runs no pickle.  --config and --set
+    are merged over the checkpoint's config.
+    """
+    from train.export import ExportError, export_checkpoint, export_onnx, export_torchscript, load_model
+
+    try:
+        path = export_checkpoint(checkpoint, out, stored_config_overrides())
+    except ExportError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {path}")
+    model, config = load_model(path)
+    if onnx:
+        try:
+            click.echo(f"wrote {export_onnx(model, config.audio, path.with_suffix('.onnx'))}")
+        except ImportError as err:
+            raise click.ClickException(f"--onnx needs the onnx package (pip install onnx): {err}") from None
+    if torchscript:
+        click.echo(f"wrote {export_torchscript(model, config.audio, path.with_suffix('.torchscript.pt'))}")
+
+
+def separator_options(command):
+    """Options of the separation itself, shared by ``separate`` and ``evaluate``."""
+    options = [
+        click.option("--tta", is_flag=True, help="Average with a second pass whose chunks are shifted."),
+        click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
+                     help="Frames per model call. Default: the crop the model was trained on."),
+        click.option("--overlap", type=click.IntRange(min=0), default=None,
+                     help="Frames shared by neighbouring chunks (cross-faded). Default: a quarter chunk."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
+                     show_default=True, help="auto: cuda, else mps, else cpu."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+                     show_default=True, help="auto: bf16 (else fp16) on cuda, fp16 on mps, fp32 on cpu."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _separator(model_path, device, **options):
+    """The ``Separator`` of the CLI options; --config/--set merged over the model's stored config."""
+    import torch
+
+    from train.export import ExportError
+    from train.separate import Separator
+
+    if device == "auto":
+        mps = torch.backends.mps.is_available()
+        device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
+    try:
+        return Separator(model_path, device=device, overrides=stored_config_overrides(), **options)
+    except (ExportError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True,
+                type=click.Path(exists=True, path_type=Path))
+@click.option("-o", "--out", "out_dir", default="separated", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--stems", multiple=True, type=click.Choice(["instrumental", "vocals"]),
+              default=("instrumental", "vocals"), show_default=True, help="Stems to write (repeatable).")
+@click.option("--format", "fmt", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
+@click.option("--bits", type=click.Choice(["16", "24", "float"]), default="16", show_default=True,
+              help="Sample format (float: WAV only).")
+@click.option("--clip", type=click.Choice(["rescale", "clamp"]), default="rescale", show_default=True,
+              help="Keep samples in [-1, 1]: rescale a file's stems by one gain, or clamp each sample.")
+@separator_options
+@config_options
+def separate(model_path, inputs, out_dir, stems, fmt, bits, clip, cfg, **options):
+    """Split audio files (or folders, recursively) into instrumental and vocals with MODEL.
+
+    Any format and sample rate the ingest reads; outputs are OUT/<name>_<stem>.<format> at the input's
+    rate (mono stays mono, other layouts become stereo), streamed in chunks so that memory does not grow
+    with the length.  --config and --set are merged over the model's stored config.  Exit code 1 when
+    a file failed.
+    """
+    separator = _separator(model_path, **options)
+    if fmt == "flac" and bits == "float":
+        raise click.BadParameter("FLAC stores integers only: use --bits 16 or 24", param_hint="--bits")
+    try:
+        done, failed = separator.separate_files(inputs, out_dir, stems=stems, fmt=fmt, bits=bits, clip=clip)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    for path, outputs in done.items():
+        click.echo(f"{path} -> {', '.join(str(p) for p in outputs.values())}")
+    for path, reason in failed.items():
+        click.echo(f"failed: {path}: {reason}", err=True)
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="Subfolder of DATASET (if present).")
+@click.option("-o", "--out", "out_dir", default="evaluation", show_default=True,
+              type=click.Path(file_okay=False, path_type=Path), help="Where the JSON, Markdown and PNG go.")
+@click.option("--museval/--no-museval", "use_museval", default=True, show_default=True,
+              help="Also the BSSEval v4 SDR (slow: it runs for the model, the floor and the ceiling).")
+@click.option("--png", is_flag=True, help="Also draw a bar chart.")
+@separator_options
+@config_options
+def evaluate(model_path, dataset, split, out_dir, use_museval, png, cfg, **options):
+    """Score MODEL on a MUSDB18-HQ-layout DATASET, between a floor (the mixture) and a ceiling (the ideal
+    ratio mask with the mixture's phase): uSDR (whole-track, mean over tracks) and museval SDR (BSSEval
+    v4, median over 1 s windows, median over tracks), for instrumental and vocals.
+    """
+    from train.evaluate import evaluate as run
+    from train.evaluate import markdown, write_report
+
+    separator = _separator(model_path, **options)
+    try:
+        report = run(separator, dataset, split, use_museval, progress=True)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
+    paths = write_report(report, out_dir, png)
+    click.echo(markdown(report).split("\n## ")[0].rstrip())
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
 @main.command("show-config")
 @config_options
 def show_config(cfg):

@@ -1,4 +1,4 @@
-"""Optimisation settings shared by pretraining and fine-tuning."""
+"""Optimisation, loss weights and run bookkeeping, shared by pretraining and fine-tuning."""
 
 from __future__ import annotations
 
@@ -8,12 +8,59 @@ from typing import Literal
 
 @dataclass
 class TrainConfig:
-    steps: int = 100_000
-    batch_size: int = 8  # per rank and step, before accumulation
-    grad_accum: int = 1
+    steps: int = 100_000  # optimizer steps of the run (--steps overrides)
+    batch_size: int = 8  # per rank and micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step (ignored when effective_batch is set)
+    effective_batch: int | None = None  # samples per optimizer step over all ranks; sets grad_accum
     lr: float = 1e-4
-    weight_decay: float = 1e-2
-    warmup_steps: int = 1000
-    schedule: Literal["cosine", "poly", "constant"] = "poly"
-    grad_clip: float = 0.5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-2  # AdamW; not applied to biases and norm weights
+    warmup_steps: int = 1000  # linear warm-up from 0
+    schedule: Literal["cosine", "poly", "constant"] = "poly"  # decay after warm-up, to min_lr_ratio * lr
+    poly_power: float = 1.0  # exponent of the polynomial decay (1: linear)
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 0.5  # max global gradient norm per model (0: off)
     seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    # Losses (pretraining; fine-tuning reads l1_weight and the adversarial settings).
+    masked_weight: float = 1.0  # L1 on the masked frames
+    unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)
+    next_weight: float = 1.0  # BCE of the next-segment head (0: task off)
+    l1_weight: float = 1.0  # factor on the L1 terms (100 in the reference adversarial variant)
+    adv_weight: float = 0.0  # adversarial generator loss (0: no discriminator)
+    disc_lr: float = 1e-4
+    disc_betas: tuple[float, float] = (0.5, 0.999)
+    # Bookkeeping (in optimizer steps; 0 switches a feature off).
+    log_every: int = 10
+    val_every: int = 1000
+    val_batches: int = 20  # validation batches per rank
+    preview_every: int = 1000
+    checkpoint_every: int = 1000
+    keep_last: int = 3  # checkpoints kept in the run directory
+    num_workers: int = 2  # loader processes per rank
+
+    def __post_init__(self):
+        if min(self.steps, self.batch_size, self.grad_accum, self.keep_last) <= 0:
+            raise ValueError("steps, batch_size, grad_accum and keep_last must be positive")
+        if self.effective_batch is not None and self.effective_batch % self.batch_size:
+            raise ValueError(f"effective_batch ({self.effective_batch}) must be a multiple of "
+                             f"batch_size ({self.batch_size})")
+        if self.lr <= 0 or self.disc_lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("lr and disc_lr must be positive, warmup_steps >= 0, min_lr_ratio in [0, 1]")
+        weights = self.masked_weight, self.unmasked_weight, self.next_weight, self.l1_weight, self.adv_weight
+        if min(weights) < 0:
+            raise ValueError("loss weights must be >= 0")
+        if min(self.log_every, self.val_every, self.val_batches, self.preview_every,
+               self.checkpoint_every, self.num_workers) < 0:
+            raise ValueError("log_every, val_every, val_batches, preview_every, checkpoint_every and "
+                             "num_workers must be >= 0")
+
+    def accumulation(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each of ``world_size`` ranks."""
+        if self.effective_batch is None:
+            return self.grad_accum
+        per_pass = self.batch_size * world_size
+        if self.effective_batch % per_pass:
+            raise ValueError(f"effective_batch ({self.effective_batch}) is not a multiple of batch_size x "
+                             f"ranks ({per_pass})")
+        return self.effective_batch // per_pass

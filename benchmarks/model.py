@@ -1,0 +1,177 @@
+"""Forward+backward speed of the model against torch.nn.TransformerEncoder, and its FLOP rate.
+
+    python -m benchmarks.model                      # CPU: tiny and base vs vanilla; GPU: also large MFU
+    python -m benchmarks.model --configs tiny --threads 1
+
+FLOPs are counted analytically (2 per multiply-add) from the layer shapes met in one forward pass:
+linear and convolution layers, and the attention matmuls (QK^T, AV and the relative logits).
+Norms and activations are not counted.  A backward pass costs twice the forward.  The vanilla
+reference has, for each d_model of our blocks, as many vanilla layers as we have blocks of that width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from collections import Counter
+
+import torch
+from torch import nn
+
+from model import build_model, resolve
+from model.attention import Attention, RelativePosition
+from model.blocks import EvolvedBlock
+
+PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense tensor-core FLOP/s
+
+
+def forward_flops(model: nn.Module, *inputs) -> int:
+    """FLOPs of one forward pass of ``model(*inputs)``, from the shapes of its layers."""
+    total = 0
+
+    def count(module, args, output):
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * module.in_features * output.numel()
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
+            total += 2 * module.in_channels // module.groups * math.prod(module.kernel_size) * output.numel()
+        elif isinstance(module, Attention):
+            batch, length, dim = output.shape
+            total += 4 * batch * length * length * dim  # QK^T and AV
+            if isinstance(module.position, RelativePosition):
+                total += 2 * batch * length * (2 * length - 1) * dim  # q . E[r]
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
+
+
+class VanillaStack(nn.Module):
+    """The vanilla reference: per d_model of our blocks, a pre-norm ``nn.TransformerEncoder`` with as many
+    layers as we have blocks of that width (same heads and dropout, feed-forward ``expansion * d``).
+
+    ``x [B, T, d_max]`` -> scalar; each encoder reads the first d features of every frame.
+    """
+
+    def __init__(self, model: nn.Module, heads: int, expansion: int, dropout: float):
+        super().__init__()
+        widths = Counter(b.ffn.up.in_features for b in model.modules() if isinstance(b, EvolvedBlock))
+        self.widths = sorted(widths.items(), reverse=True)  # [(d_model, layers)]
+        self.encoders = nn.ModuleList(
+            nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(
+                    d, heads, expansion * d, dropout, batch_first=True, norm_first=True
+                ),
+                layers,
+                enable_nested_tensor=False,
+            )
+            for d, layers in self.widths
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(enc(x[..., :d]).mean() for enc, (d, _) in zip(self.encoders, self.widths, strict=True))
+
+    def flops(self, batch: int, length: int, expansion: int) -> int:
+        """Forward FLOPs: projections, feed-forward, QK^T and AV."""
+        tokens = batch * length
+        return sum(
+            layers * (2 * tokens * (4 + 2 * expansion) * d * d + 4 * batch * length * length * d)
+            for d, layers in self.widths
+        )
+
+
+def step_time(model: nn.Module, x: torch.Tensor, repeats: int, bf16: bool = False) -> float:
+    """Median seconds of one forward+backward of ``model(x)`` (first output summed)."""
+    times = []
+    for i in range(repeats + 2):  # two warm-up steps
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(x)
+        loss = (out[0] if isinstance(out, tuple) else out).float().mean()
+        loss.backward()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return sorted(times)[len(times) // 2]
+
+
+def compare_cpu(name: str, batch: int, frames: int, repeats: int) -> None:
+    torch.manual_seed(0)
+    model = build_model(name)
+    x = torch.rand(batch, 2, 1024, frames)
+    ours_flops = 3 * forward_flops(model, x)
+    ours = step_time(model, x, repeats)
+    cfg, _ = resolve(name)
+    vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout)
+    tokens = torch.randn(batch, frames, vanilla.widths[0][0])
+    ref_flops = 3 * vanilla.flops(batch, frames, cfg.expansion)
+    ref = step_time(vanilla, tokens, repeats)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    ref_params = sum(p.numel() for p in vanilla.parameters()) / 1e6
+    per_frame = 1e3 / (batch * frames)
+    print(f"{name}: batch {batch} x {frames} frames, fwd+bwd, {torch.get_num_threads()} CPU threads")
+    print(
+        f"  ours     {params:7.1f}M params  {ours * per_frame:8.3f} ms/frame  "
+        f"{ours_flops / 1e9:8.2f} GFLOP  {ours_flops / ours / 1e9:7.2f} GFLOP/s"
+    )
+    print(
+        f"  vanilla  {ref_params:7.1f}M params  {ref * per_frame:8.3f} ms/frame  "
+        f"{ref_flops / 1e9:8.2f} GFLOP  {ref_flops / ref / 1e9:7.2f} GFLOP/s  (d, layers): {vanilla.widths}"
+    )
+    print(f"  FLOP-rate ratio ours/vanilla: {(ours_flops / ours) / (ref_flops / ref):.2f}  (target >= 0.9)")
+
+
+def mfu_gpu(name: str, batch: int, frames: int, repeats: int, compile_model: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model(name).cuda()
+    x = torch.rand(batch, 2, 1024, frames, device="cuda")
+    flops = 3 * forward_flops(model, x)
+    if compile_model:
+        model = torch.compile(model)
+    seconds = step_time(model, x, repeats, bf16=True)
+    gpu = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
+    mfu = f"MFU {flops / seconds / peak:.1%} (target >= 40%)" if peak else "MFU: unknown peak for this GPU"
+    memory = torch.cuda.max_memory_allocated() / 2**30
+    print(
+        f"{name} on {gpu}, bf16, batch {batch} x {frames} frames: {seconds * 1e3:.1f} ms/step, "
+        f"{flops / seconds / 1e12:.1f} TFLOP/s, {mfu}, peak memory {memory:.1f} GiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--configs", nargs="+", default=["tiny", "base"], help="CPU comparison configs")
+    parser.add_argument("--frames", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--gpu-config", default="large")
+    parser.add_argument("--gpu-frames", type=int, default=1024)
+    parser.add_argument("--gpu-batch", type=int, default=4)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the GPU model")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for name in args.configs:
+        compare_cpu(name, args.batch, args.frames, args.repeats)
+    if torch.cuda.is_available():
+        mfu_gpu(args.gpu_config, args.gpu_batch, args.gpu_frames, args.repeats, args.compile)
+    else:
+        print("no GPU: MFU of the large config not measured")
+
+
+if __name__ == "__main__":
+    main()

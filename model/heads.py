@@ -1,0 +1,38 @@
+"""Output heads: the multiplicative mask and the next-segment logit."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class MaskHead(nn.Module):
+    """1x1 conv back to the input channels, sigmoid, in fp32 even under autocast.
+
+    ``h [B, C, F, T] -> mask [B, out_channels, F, T]`` in [0, 1], float32.
+    """
+
+    def __init__(self, channels: int, out_channels: int):
+        super().__init__()
+        self.proj = nn.Conv2d(channels, out_channels, 1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            return torch.sigmoid(self.proj(h.float()))
+
+
+class NextSegmentHead(nn.Module):
+    """Is the second half the continuation of the first?  Mean over time, then a linear layer.
+
+    ``h [B, C, F, T]`` (the deepest U-Net features) -> logit ``[B]`` (float32).
+    """
+
+    def __init__(self, channels: int, bins: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels * bins)
+        self.proj = nn.Linear(channels * bins, 1)
+
+    def forward(self, h: Tensor) -> Tensor:
+        with torch.autocast(h.device.type, enabled=False):
+            pooled = h.float().mean(dim=-1).flatten(1)  # [B, C * F]
+            return self.proj(self.norm(pooled))[:, 0]

@@ -1,0 +1,137 @@
+"""The U-Net over frequency with transformer blocks over frames at every level.
+
+Spectrograms are ``[B, C, F, T]``.  Frame convolutions have (k, 1) kernels, so frames never mix in the
+convolutions and the time resolution never changes; frames meet only in the transformer blocks (and in
+their time convolutions).  Level ``l`` has ``F = bins / 2**l`` bins, its blocks' d_model.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from configs.model import ModelConfig
+from model.blocks import EvolvedBlock
+from model.heads import MaskHead, NextSegmentHead
+
+
+def frame_convs(in_channels: int, channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
+    """Two (k, 1) convs with BatchNorm and GELU, the second with stride (s, 1).
+
+    ``[B, Cin, F, T] -> [B, channels, F / s, T]``: each frame is convolved along frequency only.
+    """
+    layers: list[nn.Module] = []
+    for cin, s in ((in_channels, 1), (channels, stride)):
+        conv = nn.Conv2d(cin, channels, (kernel_size, 1), (s, 1), (kernel_size // 2, 0), bias=False)
+        layers += [conv, nn.BatchNorm2d(channels), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+class FrameTransformer(nn.Module):
+    """One transformer block over frames, with DenseNet growth.
+
+    A 1x1 conv extracts a single channel; each frame's F bins are a token.  The block's output frames
+    are concatenated to the input as one more channel.  With ``memory_channels`` (a decoder block) the
+    block also attends over a 1x1 bottleneck of the memory (the level's skip).
+    ``x [B, C, F, T]``, ``memory [B, Cm, F, T]`` or None -> ``[B, C + 1, F, T]``.
+    """
+
+    def __init__(self, channels: int, bins: int, cfg: ModelConfig, memory_channels: int = 0):
+        super().__init__()
+        self.bottleneck = nn.Conv2d(channels, 1, 1)
+        if memory_channels:
+            self.memory_bottleneck = nn.Conv2d(memory_channels, 1, 1)
+        self.block = EvolvedBlock(bins, cfg, cross=memory_channels > 0)
+
+    def forward(self, x: Tensor, memory: Tensor | None = None) -> Tensor:
+        tokens = self.bottleneck(x)[:, 0].transpose(1, 2)  # [B, T, F]
+        if memory is not None:
+            memory = self.memory_bottleneck(memory)[:, 0].transpose(1, 2)
+        out = self.block(tokens, memory).transpose(1, 2)[:, None]  # [B, 1, F, T]
+        return torch.cat([x, out.to(x.dtype)], dim=1)
+
+
+class EncoderLevel(nn.Module):
+    """Frame encoder (two (k, 1) convs, the second strided) then transformer encoder blocks.
+
+    ``[B, Cin, F * stride, T] -> [B, channels + blocks, F, T]`` (the level's skip).
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, bins: int, stride: int, blocks: int, cfg: ModelConfig
+    ):
+        super().__init__()
+        self.conv = frame_convs(in_channels, channels, cfg.kernel_size, stride)
+        self.blocks = nn.ModuleList(FrameTransformer(channels + i, bins, cfg) for i in range(blocks))
+        self.out_channels = channels + blocks
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        for block in self.blocks:
+            h = block(h)
+        return h
+
+
+class DecoderLevel(nn.Module):
+    """Upsample along frequency, transformer decoder blocks over the skip, concatenate the skip, two convs.
+
+    ``h [B, Cin, F / 2, T]``, ``skip [B, Cs, F, T] -> [B, channels, F, T]``.
+    """
+
+    def __init__(
+        self, in_channels: int, skip_channels: int, channels: int, bins: int, blocks: int, cfg: ModelConfig
+    ):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            FrameTransformer(in_channels + i, bins, cfg, memory_channels=skip_channels) for i in range(blocks)
+        )
+        self.conv = frame_convs(in_channels + blocks + skip_channels, channels, cfg.kernel_size)
+
+    def forward(self, h: Tensor, skip: Tensor) -> Tensor:
+        h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        for block in self.blocks:
+            h = block(h, skip)
+        return self.conv(torch.cat([h, skip], dim=1))
+
+
+class SpecUNet(nn.Module):
+    """The whole model: ``x [B, C, F, T]`` magnitudes in [0, 1] -> ``(mask [B, C, F, T], next_logit [B])``.
+
+    The mask is multiplicative (``prediction = x * mask``), float32 in [0, 1]; the next-segment logit
+    comes from the deepest features.  T may be any length, odd or even.
+    """
+
+    def __init__(self, cfg: ModelConfig, bins: int = 1024, in_channels: int = 2):
+        super().__init__()
+        if bins % 2 ** (cfg.depth - 1):
+            raise ValueError(f"{cfg.depth} levels need bins ({bins}) divisible by {2 ** (cfg.depth - 1)}")
+        level_bins = [bins >> level for level in range(cfg.depth)]
+        self.encoders = nn.ModuleList()
+        width = in_channels
+        for level, (channels, blocks) in enumerate(zip(cfg.channels, cfg.encoder_blocks, strict=True)):
+            stride = 1 if level == 0 else 2
+            self.encoders.append(EncoderLevel(width, channels, level_bins[level], stride, blocks, cfg))
+            width = self.encoders[-1].out_channels
+        self.next_head = NextSegmentHead(width, level_bins[-1])
+        decoders = []  # built deepest first, each taking the width of the one below
+        for level in reversed(range(cfg.depth - 1)):
+            skip = self.encoders[level].out_channels
+            channels = cfg.channels[level]
+            decoders.append(
+                DecoderLevel(width, skip, channels, level_bins[level], cfg.decoder_blocks[level], cfg)
+            )
+            width = channels
+        self.decoders = nn.ModuleList(reversed(decoders))  # index = level
+        self.mask_head = MaskHead(width, in_channels)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        skips = []
+        h = x
+        for encoder in self.encoders:
+            h = encoder(h)
+            skips.append(h)
+        next_logit = self.next_head(h)
+        for level in reversed(range(len(self.decoders))):
+            h = self.decoders[level](h, skips[level])
+        return self.mask_head(h), next_logit

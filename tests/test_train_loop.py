@@ -1,0 +1,147 @@
+"""The trainer on in-memory batches and a micro model: NaN skipping, the adversarial path, exact
+resumption and DDP (2 CPU processes, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from configs import load_config
+from train.checkpoint import list_checkpoints
+from train.distributed import Dist
+from train.pretrain import PretrainTask, SyntheticData
+from train.trainer import BatchStream, Trainer
+
+MICRO = ["model.channels=[4,8]", "model.encoder_blocks=[0,1]", "model.decoder_blocks=[0]",
+         "model.num_heads=4", "model.expansion=1", "model.dropout=0.1", "model.max_distance=64",
+         "model.disc_channels=4", "model.disc_layers=2", "loader.crop_frames=32", "loader.token_frames=4",
+         "train.batch_size=2", "train.warmup_steps=2", "train.lr=1.0e-3", "train.log_every=1",
+         "train.val_every=0", "train.preview_every=0", "train.checkpoint_every=0", "train.val_batches=1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine, two threads spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def micro_config(*overrides: str):
+    return load_config("tiny", MICRO + list(overrides))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def test_a_nan_batch_is_skipped_without_touching_weights_or_statistics(tmp_path):
+    cfg = micro_config()
+    data = SyntheticData(cfg, 3)
+    data.batches[1]["input"][0, :, :, 5] = float("nan")
+    trainer = Trainer(PretrainTask(cfg, data), cfg, tmp_path, Dist())
+    stream = BatchStream(data.train, 0, trainer.progress)
+    assert trainer.train_step(stream)[0] is not None
+    before, opt_before = snapshot(trainer.raw["model"]), trainer.optimizers["model"].state_dict()["state"][0]
+    before_opt = {k: v.clone() for k, v in opt_before.items()}
+    assert trainer.train_step(stream)[0] is None
+    assert trainer.progress.skipped == 1
+    after = trainer.raw["model"].state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # parameters and BatchNorm buffers
+    opt_after = trainer.optimizers["model"].state_dict()["state"][0]
+    assert all(torch.equal(before_opt[k], opt_after[k]) for k in before_opt)
+    metrics = trainer.train_step(stream)[0]
+    assert metrics is not None and torch.isfinite(metrics["loss"])
+    assert all(torch.isfinite(p).all() for p in trainer.raw["model"].parameters())
+
+
+def test_the_adversarial_path_updates_both_models(tmp_path):
+    cfg = micro_config("train.adv_weight=1.0", "train.l1_weight=100")
+    data = SyntheticData(cfg, 1)
+    trainer = Trainer(PretrainTask(cfg, data), cfg, tmp_path, Dist())
+    assert set(trainer.raw) == {"model", "disc"}
+    before = {name: snapshot(m) for name, m in trainer.raw.items()}
+    metrics = trainer.train_step(BatchStream(data.train, 0, trainer.progress))[0]
+    assert {"adv", "disc", "grad_norm_disc"} <= set(metrics)
+    for name, model in trainer.raw.items():
+        changed = [k for k, p in model.named_parameters() if not torch.equal(p, before[name][k])]
+        assert len(changed) == len(list(model.parameters())), name
+
+
+class SignalAt:
+    """Training data that sends this process SIGTERM while the ``at``-th batch is being fetched."""
+
+    def __init__(self, data: SyntheticData, at: int):
+        self.data, self.at, self.fetched = data, at, 0
+
+    def train(self, epoch: int):
+        for batch in self.data.train(epoch):
+            self.fetched += 1
+            if self.fetched == self.at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    def val(self):
+        return self.data.val()
+
+    def stats(self):
+        return {}
+
+
+def test_a_run_stopped_by_sigterm_and_resumed_matches_an_uninterrupted_one(tmp_path):
+    """SIGTERM during step 3 of 6: the step finishes, a checkpoint is saved, the run returns; resuming
+    gives the same losses and weights as 6 steps straight (epochs of 2 batches: it resumes mid-epoch)."""
+    cfg = micro_config("train.steps=6", "train.val_every=3", "train.grad_accum=1")
+    data = SyntheticData(cfg, 3)
+    assert Trainer(PretrainTask(cfg, data), cfg, tmp_path / "straight", Dist()).fit() is None
+    stopped = Trainer(PretrainTask(cfg, SignalAt(data, 3)), cfg, tmp_path / "resumed", Dist()).fit()
+    assert stopped == signal.SIGTERM
+    assert [p.name for p in list_checkpoints(tmp_path / "resumed/checkpoints")] == ["step_00000003"]
+    assert Trainer(PretrainTask(cfg, data), cfg, tmp_path / "resumed", Dist()).fit(resume=True) is None
+
+    def records(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [(r["split"], r["step"], r.get("loss"), r.get("l1_masked")) for r in map(json.loads, lines)]
+
+    assert records("straight") == records("resumed")
+    a = load_file(tmp_path / "straight/checkpoints/step_00000006/model.safetensors")
+    b = load_file(tmp_path / "resumed/checkpoints/step_00000006/model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _ddp_rank(rank: int, world: int, port: int, tmp: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from train.distributed import close_distributed, init_distributed
+
+    cfg = micro_config("train.steps=2", "train.grad_accum=2", "train.adv_weight=0.5")
+    data = SyntheticData(cfg, 2, seed=rank)  # every rank sees other batches
+    trainer = Trainer(PretrainTask(cfg, data), cfg, f"{tmp}/run", init_distributed("cpu"))
+    both = {f"{name}.{k}": v for name, m in trainer.raw.items() for k, v in snapshot(m).items()}
+    save_file(both, f"{tmp}/init{rank}.safetensors")
+    trainer.fit()
+    both = {f"{name}.{k}": v for name, m in trainer.raw.items() for k, v in snapshot(m).items()}
+    save_file(both, f"{tmp}/rank{rank}.safetensors")
+    close_distributed()
+
+
+def test_ddp_ranks_hold_identical_weights_after_training(tmp_path):
+    """Two gloo ranks, other batches on each, accumulation and the discriminator: same weights after."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_rank, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    init, r0, r1 = (load_file(tmp_path / f"{name}.safetensors") for name in ("init0", "rank0", "rank1"))
+    params = [k for k in r0 if "running" not in k and "num_batches" not in k]  # BatchNorm stats: per rank
+    assert all(torch.equal(r0[k], r1[k]) for k in params)
+    assert not any(torch.equal(init[k], r0[k]) for k in params if k.endswith("weight"))
+    assert (tmp_path / "run/checkpoints/step_00000002/model.safetensors").exists()

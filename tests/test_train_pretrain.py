@@ -1,0 +1,115 @@
+"""``specbert pretrain`` on real shards of the example library: the loss falls, a run stopped by SIGTERM
+and resumed matches an uninterrupted one, and the run directory holds what a person looks at."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from cli import main
+from configs import load_config
+from pipeline.example_library import write_example_library
+from pipeline.ingest import ingest_library
+
+# The tiny model on short crops and small batches, to keep CPU steps short.
+SMALL = ["loader.crop_frames=32", "loader.token_frames=8", "loader.shuffle_buffer=8", "train.batch_size=2",
+         "train.num_workers=1", "train.warmup_steps=3", "train.log_every=1"]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: on a busy 2-core machine, two threads spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("example")
+    write_example_library(root / "library", seed=0, artists=4, albums_per_artist=1, songs_per_album=2)
+    cfg = load_config("tiny", ["ingest.workers=1", "ingest.shard_bytes=2000000", "ingest.val_fraction=0.25",
+                               "ingest.segment_frames=256"])
+    summary = ingest_library([root / "library"], [root / "shards"], cfg, progress=False, log=lambda _: None)
+    return summary.manifest
+
+
+def records(run_dir: Path, split: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def pretrain_args(manifest: Path, run_dir: Path, steps: int, *sets: str) -> list[str]:
+    args = ["pretrain", "--config", "tiny", "--manifest", str(manifest), "--run-dir", str(run_dir),
+            "--steps", str(steps), "--device", "cpu"]
+    for s in SMALL + list(sets):
+        args += ["--set", s]
+    return args
+
+
+def test_loss_falls_on_the_example_library_and_the_run_dir_shows_it(manifest, tmp_path, one_thread):
+    run_dir = tmp_path / "run"
+    args = pretrain_args(manifest, run_dir, 40, "train.val_every=20", "train.preview_every=20",
+                         "train.checkpoint_every=20", "train.val_batches=2")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    train = records(run_dir, "train")
+    l1 = [r["l1_masked"] for r in train]
+    assert sum(l1[-10:]) < 0.9 * sum(l1[:10]), l1  # slow: the sigmoid mask must learn to blank white tokens
+    assert all(r["samples_per_s"] > 0 and r["frames_per_s"] == pytest.approx(32 * r["samples_per_s"])
+               for r in train)
+    val = records(run_dir, "val")
+    assert [r["step"] for r in val] == [20, 40]
+    assert {"l1_masked", "baseline_l1_masked", "next_acc", "baseline_next_acc"} <= set(val[-1])
+    previews = sorted(p.name for p in (run_dir / "previews").iterdir())
+    assert previews == ["step_00000020.png", "step_00000040.png"]
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["latest", "step_00000020", "step_00000040"]
+    again = CliRunner().invoke(main, args)  # the same run directory without --resume: refused
+    assert again.exit_code != 0 and "already holds checkpoints" in again.output
+
+
+def spawn(args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=Path(__file__).parents[1],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_run_stopped_by_sigterm_resumes_to_the_same_state(manifest, tmp_path):
+    steps = 6
+    straight = spawn(pretrain_args(manifest, tmp_path / "straight", steps))
+    _, err = straight.communicate(timeout=300)
+    assert straight.returncode == 0, err
+
+    stopped = spawn(pretrain_args(manifest, tmp_path / "resumed", steps))
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "resumed/metrics.jsonl").exists() or not records(tmp_path / "resumed", "train"):
+        assert stopped.poll() is None and time.monotonic() < deadline, stopped.communicate()[1]
+        time.sleep(0.1)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode == 128 + signal.SIGTERM, err
+    at = records(tmp_path / "resumed", "train")[-1]["step"]
+    assert at < steps and (tmp_path / f"resumed/checkpoints/step_{at:08d}").is_dir()
+
+    resumed = spawn(pretrain_args(manifest, tmp_path / "resumed", steps) + ["--resume"])
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    a, b = records(tmp_path / "straight", "train"), records(tmp_path / "resumed", "train")
+    assert [r["step"] for r in b] == list(range(1, steps + 1))
+    assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)
+    wa = load_file(tmp_path / f"straight/checkpoints/step_{steps:08d}/model.safetensors")
+    wb = load_file(tmp_path / f"resumed/checkpoints/step_{steps:08d}/model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)

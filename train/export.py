@@ -1,0 +1,188 @@
+"""The exported separation model: one safetensors file that carries everything needed to use it.
+
+The file is safetensors: a JSON header, then the raw tensors (the model's ``state_dict``).  Its
+``__metadata__`` (string values) holds::
+
+    format     "specbert-separator"
+    version    FORMAT_VERSION of this layout
+    specbert   the package version that wrote it
+    config     JSON of ``Config.to_dict()``: the model is built from its ``model`` section, the STFT
+               from ``audio``, and the default chunk length from ``loader.crop_frames``
+    audio      JSON of the STFT and rate (sample_rate, channels, n_fft, hop, window), for other readers
+    sha256     digest of the tensors (names, dtypes, shapes, bytes; in name order)
+
+Loading parses the header and maps the tensors (no pickle is ever executed), then checks the format,
+version and digest before building the model.  ``export_onnx`` and ``export_torchscript`` write the mask
+network alone (``magnitude [B, 2, 1024, T] -> mask [B, 2, 1024, T]``) for other runtimes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from configs import Config, ConfigError, from_dict, merge
+from configs.audio import AudioConfig
+from model import build_model
+from train.checkpoint import latest_checkpoint
+
+FORMAT = "specbert-separator"
+FORMAT_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """A model file or checkpoint that cannot be exported or loaded; the message says why."""
+
+
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of the tensors' names, dtypes, shapes and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def save_model_file(model: nn.Module, config: Config, path: str | Path) -> Path:
+    """Write ``model``'s weights and ``config`` as one self-contained separation model file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
+    audio = dataclasses.asdict(config.audio)
+    metadata = {
+        "format": FORMAT,
+        "version": str(FORMAT_VERSION),
+        "specbert": _package_version(),
+        "config": json.dumps(config.to_dict()),
+        "audio": json.dumps(audio),
+        "sha256": tensor_digest(tensors),
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
+
+
+def read_header(path: str | Path) -> dict:
+    """The metadata of a model file, with ``config`` and ``audio`` parsed; checks format and version."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ExportError(f"{path}: not a safetensors file ({err})") from None
+    if metadata.get("format") != FORMAT:
+        raise ExportError(f"{path}: not a specbert separation model (see `specbert export --help`)")
+    if metadata.get("version") != str(FORMAT_VERSION):
+        raise ExportError(f"{path}: model file version {metadata.get('version')}; this specbert reads "
+                          f"version {FORMAT_VERSION}")
+    return {**metadata, "config": json.loads(metadata["config"]), "audio": json.loads(metadata["audio"])}
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               overrides: dict | None = None) -> tuple[nn.Module, Config]:
+    """Load a model file: ``(model in eval mode on device, its Config)``.
+
+    ``overrides`` (a nested dict, e.g. ``{"model": {"sdpa": False}}``) is merged over the stored config.
+    """
+    header = read_header(path)
+    tensors = load_file(str(path))
+    if tensor_digest(tensors) != header["sha256"]:
+        raise ExportError(f"{path}: the weights do not match the file's sha256 (corrupted file?)")
+    config = _config(merge(header["config"], overrides or {}), path)
+    return _build(config, tensors, path).to(device).eval(), config
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder (``step_*``), or the latest one under a run or ``checkpoints`` folder."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    for root in (path / "checkpoints", path):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    raise ExportError(f"{path}: no checkpoint (expected step_*/model.safetensors, or a run folder)")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: dict | None = None) -> Path:
+    """Export a training checkpoint (or a run folder's latest one) as a model file at ``out``.
+
+    The checkpoint's ``meta.json`` config is used, with ``overrides`` merged over it.
+    """
+    folder = find_checkpoint(checkpoint)
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+    if "config" not in meta and not overrides:
+        raise ExportError(f"{folder}: meta.json has no config; give one with --config")
+    config = _config(merge(meta.get("config", {}), overrides or {}), folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    return save_model_file(_build(config, tensors, folder), config, out)
+
+
+class MaskNetwork(nn.Module):
+    """The model without its next-segment output: ``magnitude [B, 2, 1024, T] -> mask [B, 2, 1024, T]``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, magnitude: Tensor) -> Tensor:
+        return self.model(magnitude)[0]
+
+
+def export_onnx(model: nn.Module, audio: AudioConfig, path: str | Path, frames: int = 64) -> Path:
+    """Write the mask network as ONNX with dynamic batch and frames (input "magnitude", output "mask").
+
+    Uses the TorchScript-based exporter: the dynamo exporter takes minutes on this model.  Needs the
+    ``onnx`` package.
+    """
+    axes = {0: "batch", 3: "frames"}
+    torch.onnx.export(MaskNetwork(model).eval(), (_example(audio, frames),), str(path),
+                      input_names=["magnitude"], output_names=["mask"],
+                      dynamic_axes={"magnitude": axes, "mask": axes}, dynamo=False)
+    return Path(path)
+
+
+def export_torchscript(model: nn.Module, audio: AudioConfig, path: str | Path, frames: int = 64) -> Path:
+    """Write the mask network as a traced TorchScript module (any batch and frames)."""
+    with torch.no_grad():
+        traced = torch.jit.trace(MaskNetwork(model).eval(), _example(audio, frames), check_trace=False)
+    traced.save(str(path))
+    return Path(path)
+
+
+def _example(audio: AudioConfig, frames: int) -> Tensor:
+    return torch.zeros(1, audio.channels, audio.model_bins, frames)
+
+
+def _config(data: dict, where: Path | str) -> Config:
+    try:
+        return from_dict(Config, data)
+    except ConfigError as err:
+        raise ExportError(f"{where}: bad config: {err}") from None
+
+
+def _build(config: Config, tensors: dict[str, Tensor], where: Path | str) -> nn.Module:
+    """The model of ``config`` with ``tensors`` loaded (strict)."""
+    model = build_model(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise ExportError(f"{where}: the weights do not fit the config's model: {str(err).splitlines()[0]}"
+                          ) from None
+    return model
+
+
+def _package_version() -> str:
+    try:
+        return version("specbert")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,128 @@
+"""What a run shows a person: a progress bar, TensorBoard scalars and images, ``metrics.jsonl`` and
+preview PNGs, all under the run directory and all written by rank 0 only.
+
+    run_dir/tensorboard/     event files (scalars train/*, val/*, images preview)
+    run_dir/metrics.jsonl    one JSON line per log point: {"step", "split", metric: value...}
+    run_dir/previews/step_00000100.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.image import imsave
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+
+class RunLogger:
+    """Rank 0's outputs; with ``enabled=False`` (other ranks) every method does nothing."""
+
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        if not enabled:
+            return
+        # A resumed run forgets what a killed run logged after its checkpoint.
+        purge = start_step + 1 if start_step else None
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
+        self.jsonl = _jsonl_until(run_dir / "metrics.jsonl", start_step)
+        self.bar = tqdm(total=total_steps, initial=start_step, unit="step", mininterval=1.0,
+                        dynamic_ncols=True)
+
+    def scalars(self, step: int, split: str, values: dict[str, float]) -> None:
+        """``values`` to TensorBoard as ``split/name`` and to ``metrics.jsonl``."""
+        if not self.enabled:
+            return
+        for name, value in values.items():
+            self.tb.add_scalar(f"{split}/{name}", value, step)
+        self.jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
+        self.jsonl.flush()
+
+    def progress(self, step: int, postfix: dict[str, float]) -> None:
+        """Move the bar to ``step`` (its ETA follows) and show ``postfix``."""
+        if not self.enabled:
+            return
+        self.bar.update(step - self.bar.n)
+        self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            self.bar.write(text)
+
+    def preview(self, step: int, panels: dict[str, np.ndarray]) -> Path | None:
+        """Render 2-D panels (values in [0, 1], rows = frequency) to a PNG and to TensorBoard."""
+        if not self.enabled:
+            return None
+        image = render_panels(panels, title=f"step {step}")
+        path = self.run_dir / "previews" / f"step_{step:08d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imsave(path, image)
+        self.tb.add_image("preview", image, step, dataformats="HWC")
+        return path
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.close()
+            self.tb.close()
+            self.jsonl.close()
+
+
+def _jsonl_until(path: Path, step: int):
+    """Open ``path`` for appending after dropping its records past ``step`` (and any torn last line)."""
+    if path.exists():
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        path.write_text("".join(kept))
+    return open(path, "a")  # closed in RunLogger.close()
+
+
+def render_panels(panels: dict[str, np.ndarray], title: str = "") -> np.ndarray:
+    """Stack named ``[F, T]`` images (values in [0, 1]) top to bottom; RGB ``uint8 [H, W, 3]``."""
+    fig = Figure(figsize=(10, 2.0 * len(panels) + 0.4), dpi=80)
+    canvas = FigureCanvasAgg(fig)
+    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    for ax, (name, panel) in zip(axes, panels.items(), strict=True):
+        ax.imshow(panel, origin="lower", aspect="auto", vmin=0.0, vmax=1.0, cmap="magma",
+                  interpolation="nearest")
+        ax.set_ylabel(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title)
+    fig.tight_layout()
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+class Throughput:
+    """Samples and frames per second since the last ``rates()`` call (paused time excluded)."""
+
+    def __init__(self):
+        self.samples = self.frames = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self, samples: int, frames: int) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self.samples += samples
+        self.frames += frames
+
+    def rates(self) -> dict[str, float]:
+        secs = max(self.seconds, 1e-9)
+        out = {"samples_per_s": self.samples / secs, "frames_per_s": self.frames / secs}
+        self.samples = self.frames = 0
+        self.seconds = 0.0
+        return out

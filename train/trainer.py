@@ -1,0 +1,363 @@
+"""The generic training loop: a ``Task`` says what to compute, the ``Trainer`` does everything else.
+
+Everything else is: devices and DDP, bf16 autocast, gradient accumulation and clipping, AdamW and the
+learning-rate schedule of every model, skipping non-finite steps, validation, previews, logging,
+checkpoints every N steps and on SIGTERM/SIGINT, and exact resumption (model, optimizers,
+schedulers, RNG states and the position in the batch stream are all saved).
+
+    trainer = Trainer(task, cfg, run_dir, init_distributed())
+    signum = trainer.fit(resume=True)     # None when the step budget was reached
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import signal
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import yaml
+from torch import Tensor, nn
+
+from configs import Config
+from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from train.distributed import (
+    Dist,
+    all_true,
+    any_true,
+    barrier,
+    close_distributed,
+    gather_objects,
+    init_distributed,
+    mean_over_ranks,
+    sum_over_ranks,
+    unwrap,
+    wrap_ddp,
+)
+from train.logging import RunLogger, Throughput
+from train.optim import build_optimizer, build_scheduler
+from train.rng import derive_seed, rng_state, seed_all, seeded, set_rng_state
+
+Batch = dict[str, Tensor]
+
+
+class Task(Protocol):
+    """What one kind of training (pretraining, fine-tuning) computes.
+
+    ``models`` passed to the methods map names to modules on the run's device; in ``losses`` they
+    may be DDP wrappers (``train.distributed.unwrap`` gives the module), elsewhere they are plain.
+    """
+
+    def build_models(self) -> dict[str, nn.Module]:
+        """Freshly initialised models by name; ``"model"`` is the one exported.  Every trainable
+        parameter must get a gradient from ``losses()["loss"]`` (DDP needs it)."""
+
+    def optimizer_settings(self, name: str) -> dict:
+        """``train.optim.build_optimizer`` keywords for model ``name``: lr, betas, weight_decay."""
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]:
+        """This rank's training batches of one epoch: finite, a deterministic function of ``epoch``."""
+
+    def val_batches(self) -> Iterable[Batch]:
+        """This rank's validation batches, the same on every call."""
+
+    def stats(self) -> dict[str, float]:
+        """Counters of this rank to log, summed over ranks (e.g. the loader's skipped samples)."""
+
+    def count(self, batch: Batch) -> tuple[int, int]:
+        """``(samples, frames)`` in a batch, for throughput."""
+
+    def losses(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, Tensor]:
+        """Scalar tensors; ``"loss"`` is back-propagated once and must carry each model's objective
+        (keep the graphs of several models apart: detach, ``train.losses.frozen_call``).  The others
+        are logged."""
+
+    def validate(self, models: dict[str, nn.Module], batches: Iterable[Batch]) -> dict[str, float]:
+        """Metrics over ``batches`` (models in eval mode, no gradients)."""
+
+    def preview(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, np.ndarray]:
+        """Named ``[F, T]`` images with values in [0, 1] showing what the model does to ``batch``."""
+
+
+@dataclasses.dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # position of the next micro-batch: epoch ...
+    index: int = 0  # ... and micro-batches of that epoch already used
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+
+
+class BatchStream:
+    """Training micro-batches, epoch after epoch, that can restart at any ``(epoch, index)``."""
+
+    def __init__(self, make_epoch: Callable[[int], Iterable[Batch]], seed: int, progress: Progress):
+        self.make_epoch, self.seed, self.progress = make_epoch, seed, progress
+        self._it = self._open(progress.epoch)
+        for _ in range(progress.index):
+            next(self._it)
+
+    def _open(self, epoch: int) -> Iterator[Batch]:
+        """The epoch's iterator, started (first batch drawn) under a seed of its own: loader workers
+        seeded from the global RNG get the same seeds after a resume, and training RNG is untouched."""
+        with seeded(derive_seed(self.seed, epoch)):
+            it = iter(self.make_epoch(epoch))
+            first = next(it, None)
+        return iter(()) if first is None else itertools.chain([first], it)
+
+    def __next__(self) -> Batch:
+        batch = next(self._it, None)
+        if batch is None:
+            self.progress.epoch += 1
+            self.progress.index = 0
+            self._it = self._open(self.progress.epoch)
+            batch = next(self._it, None)
+            if batch is None:
+                raise RuntimeError(f"epoch {self.progress.epoch} of the training data has no batches")
+        self.progress.index += 1
+        return batch
+
+
+class StopSignals:
+    """Remember the first SIGTERM/SIGINT instead of dying; a second one acts as usual."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __enter__(self):
+        self.signum: int | None = None
+        self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def __exit__(self, *exc):
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class Trainer:
+    """Trains ``task``'s models with the ``train`` section of ``cfg``, writing to ``run_dir``.
+
+    ``raw`` holds the models, ``models`` the same behind DDP when there are several ranks; one AdamW
+    and one schedule per model.  See ``train.logging`` and ``train.checkpoint`` for the run directory.
+    """
+
+    def __init__(self, task: Task, cfg: Config, run_dir: Path, dist: Dist):
+        self.task, self.cfg, self.tc, self.run_dir, self.dist = task, cfg, cfg.train, Path(run_dir), dist
+        self.accum = self.tc.accumulation(dist.world_size)
+        seed_all(self.tc.seed)  # the same initial weights on every rank
+        self.raw = {name: m.to(dist.device) for name, m in task.build_models().items()}
+        self.models = {name: wrap_ddp(m, dist) for name, m in self.raw.items()}
+        self.optimizers = {n: build_optimizer(m, **task.optimizer_settings(n)) for n, m in self.raw.items()}
+        self.schedulers = {n: build_scheduler(o, self.tc, self.tc.steps) for n, o in self.optimizers.items()}
+        self.progress = Progress()
+        seed_all(derive_seed(self.tc.seed, dist.rank))  # dropout etc. differ between ranks
+        bf16 = self.tc.precision == "bf16" or (
+            self.tc.precision == "auto" and dist.device.type == "cuda" and torch.cuda.is_bf16_supported())
+        self.autocast_dtype = torch.bfloat16 if bf16 else None
+        if dist.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def fit(self, resume: bool = False) -> int | None:
+        """Train until ``train.steps``; return None, or the signal number that stopped the run early
+        (after a checkpoint was saved)."""
+        if not resume and latest_checkpoint(self.checkpoint_dir) is not None:
+            raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume, or use another run dir")
+        saved = self.restore() if resume else None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        log = RunLogger(self.run_dir, self.tc.steps, self.progress.step, enabled=self.dist.is_main)
+        try:
+            # Loader workers forked inside inherit the handlers: a signal to the whole process group
+            # (Ctrl-C, a cluster's SIGTERM) does not kill them under the trainer's feet.
+            with StopSignals() as stop:
+                stream = BatchStream(self.task.train_batches, derive_seed(self.tc.seed, self.dist.rank),
+                                     self.progress)
+                if saved is not None:
+                    set_rng_state(saved)  # after re-opening the stream, as in the uninterrupted run
+                return self._loop(stream, log, stop)
+        finally:
+            log.close()
+
+    def _loop(self, stream: BatchStream, log: RunLogger, stop: StopSignals) -> int | None:
+        tc, window, meter, postfix = self.tc, [], Throughput(), {}
+        while self.progress.step < tc.steps:
+            meter.start()
+            metrics, samples, frames = self.train_step(stream)
+            meter.stop(samples * self.dist.world_size, frames * self.dist.world_size)
+            step, last = self.progress.step, self.progress.step == tc.steps
+            if metrics is None:
+                log.message(f"step {step}: non-finite loss or gradient, update skipped "
+                            f"({self.progress.skipped} so far)")
+            else:
+                window.append(metrics)
+            if _due(step, tc.log_every) or last:
+                values = self._train_metrics(window, meter)
+                log.scalars(step, "train", values)
+                postfix = {k: values[k] for k in ("loss", "samples_per_s", "frames_per_s") if k in values}
+                window = []
+            log.progress(step, postfix)
+            if _due(step, tc.val_every) or (tc.val_every and last):
+                log.scalars(step, "val", self.validate())
+            if _due(step, tc.preview_every) and self.dist.is_main:
+                log.preview(step, self.preview())
+            stopping = any_true(stop.signum is not None, self.dist) and not last
+            if _due(step, tc.checkpoint_every) or last or stopping:
+                self.save()
+            if stopping:
+                log.message(f"stopped by a signal at step {step}; checkpoint saved, continue with --resume")
+                return stop.signum or signal.SIGTERM
+        return None
+
+    def _train_metrics(self, window: list[dict[str, Tensor]], meter: Throughput) -> dict[str, float]:
+        """Means of the logged steps' metrics over the window and the ranks, throughput and counters."""
+        keys = window[0] if window else {}
+        values = mean_over_ranks({k: float(np.mean([float(m[k]) for m in window])) for k in keys}, self.dist)
+        values.update(meter.rates(), skipped=self.progress.skipped)
+        values.update(sum_over_ranks(self.task.stats(), self.dist))
+        return values
+
+    def train_step(self, stream: BatchStream) -> tuple[dict[str, Tensor] | None, int, int]:
+        """One optimizer step over ``accum`` micro-batches.  Returns the step's metrics (None when
+        skipped for a non-finite loss or gradient), and the samples and frames it used."""
+        buffers = [b.detach().clone() for b in self._buffers()]
+        sums: dict[str, Tensor] = {}
+        samples = frames = 0
+        for i in range(self.accum):
+            batch = next(stream)
+            n, f = self.task.count(batch)
+            samples, frames = samples + n, frames + f
+            batch = self._to_device(batch)
+            with self._maybe_no_sync(i < self.accum - 1):
+                with self._autocast():
+                    losses = self.task.losses(self.models, batch)
+                (losses["loss"] / self.accum).backward()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float() / self.accum
+        for name, model in self.raw.items():
+            clip = self.tc.grad_clip or float("inf")
+            sums[f"grad_norm_{name}"] = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        finite = bool(torch.isfinite(torch.stack(list(sums.values()))).all())
+        ok = all_true(finite, self.dist)
+        if ok:
+            for opt in self.optimizers.values():
+                opt.step()
+        else:
+            self.progress.skipped += 1
+            for saved, b in zip(buffers, self._buffers(), strict=True):
+                b.copy_(saved)  # e.g. BatchNorm statistics that saw the NaN
+        for name, opt in self.optimizers.items():
+            opt.zero_grad(set_to_none=True)
+            sums[f"lr_{name}"] = torch.tensor(self.schedulers[name].get_last_lr()[0])
+            self.schedulers[name].step()
+        self.progress.step += 1
+        return (sums if ok else None), samples, frames
+
+    def validate(self) -> dict[str, float]:
+        """The task's validation metrics on ``val_batches`` batches per rank, averaged over ranks."""
+        with self._evaluating(), seeded(derive_seed(self.tc.seed, self.dist.rank, 1)):
+            batches = itertools.islice(self.task.val_batches(), self.tc.val_batches)
+            metrics = self.task.validate(self.raw, map(self._to_device, batches))
+        return mean_over_ranks(metrics, self.dist)
+
+    def preview(self) -> dict[str, np.ndarray]:
+        """The task's preview of the first validation batch."""
+        with self._evaluating(), seeded(derive_seed(self.tc.seed, 2)):
+            batch = self._to_device(next(iter(self.task.val_batches())))
+            return self.task.preview(self.raw, batch)
+
+    def save(self) -> Path | None:
+        """Checkpoint the run (a collective: every rank calls it); rank 0 writes."""
+        rng = gather_objects(rng_state(), self.dist)
+        path = None
+        if self.dist.is_main:
+            state = {
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                "progress": dataclasses.asdict(self.progress),
+                "rng": rng,
+            }
+            meta = {"world_size": self.dist.world_size, "config": self.cfg.to_dict()}
+            path = save_checkpoint(self.checkpoint_dir, self.progress.step, self.raw, state, meta,
+                                   self.tc.keep_last)
+        barrier(self.dist)
+        return path
+
+    def restore(self) -> dict | None:
+        """Load the latest checkpoint if there is one; return this rank's saved RNG state (None when
+        there is no checkpoint, or the number of ranks changed)."""
+        path = latest_checkpoint(self.checkpoint_dir)
+        if path is None:
+            return None
+        state, meta = load_checkpoint(path, self.raw, self.dist.device)
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+            self.schedulers[name].load_state_dict(state["schedulers"][name])
+        self.progress = Progress(**state["progress"])
+        if meta.get("world_size") != self.dist.world_size:
+            warnings.warn(f"{path} was saved by {meta.get('world_size')} ranks, not {self.dist.world_size}: "
+                          "random states are not restored", stacklevel=2)
+            return None
+        return state["rng"][self.dist.rank]
+
+    def _buffers(self) -> list[Tensor]:
+        return [b for m in self.raw.values() for b in m.buffers()]
+
+    def _to_device(self, batch: Batch) -> Batch:
+        dev = self.dist.device
+        return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _autocast(self):
+        return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype,
+                              enabled=self.autocast_dtype is not None)
+
+    @contextlib.contextmanager
+    def _maybe_no_sync(self, skip_sync: bool):
+        """No gradient all-reduce on the micro-batches before the last of a step."""
+        with contextlib.ExitStack() as stack:
+            if skip_sync:
+                for m in self.models.values():
+                    if m is not unwrap(m):
+                        stack.enter_context(m.no_sync())
+            yield
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        for m in self.raw.values():
+            m.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                yield
+        finally:
+            for m in self.raw.values():
+                m.train()
+
+
+def launch(make_task: Callable[[Config], Task], cfg: Config, run_dir: Path, resume: bool = False,
+           device: str | None = None) -> int:
+    """A whole training job in this process (one rank under ``torchrun``): join the process group, build
+    the task, train.  Returns the exit code: 0 when the step budget was reached, 128 + the signal
+    number when SIGTERM/SIGINT stopped it (after saving a checkpoint; ``resume=True`` continues)."""
+    dist = init_distributed(device)
+    try:
+        signum = Trainer(make_task(cfg), cfg, run_dir, dist).fit(resume)
+    finally:
+        close_distributed()
+    return 0 if signum is None else 128 + signum
+
+
+def _due(step: int, every: int) -> bool:
+    return every > 0 and step % every == 0

@@ -39,14 +39,7 @@ def write_manifest(path: Path, config: dict, shards: list[dict]) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """In-process loaders run their tensor ops on the calling thread, like a DataLoader worker (which
-    uses one thread); OpenMP threads on a busy 2-core machine make small ops 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="session")

@@ -26,13 +26,7 @@ MICRO = ["model.channels=[4,8]", "model.encoder_blocks=[0,1]", "model.decoder_bl
          "train.val_every=0", "train.preview_every=0", "train.checkpoint_every=0", "train.val_batches=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def micro_config(*overrides: str):

@@ -26,15 +26,6 @@ SMALL = ["loader.crop_frames=32", "loader.token_frames=8", "loader.shuffle_buffe
          "train.num_workers=1", "train.warmup_steps=3", "train.log_every=1"]
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: on a busy 2-core machine, two threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("example")

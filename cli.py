@@ -342,6 +342,34 @@ def evaluate(model_path, dataset, split, out_dir, use_museval, png, cfg, **optio
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 
 
+@main.command("model-info")
+@click.option("--frames", type=click.IntRange(min=1), default=None,
+              help="Sequence length of the FLOP count (default: the loader's crop_frames).")
+@config_options
+def model_info(frames, cfg):
+    """Parameter counts (per part and level) and forward FLOPs of the configured model.
+
+    The model is built on the meta device: nothing is allocated, so even the large config is instant.
+    """
+    import torch
+
+    from model import build_discriminator, build_model, count_parameters, describe
+    from model.flops import forward_flops
+
+    frames = frames or cfg.loader.crop_frames
+    with torch.device("meta"):
+        model = build_model(cfg)
+        disc = build_discriminator(cfg)
+        x = torch.empty(1, cfg.audio.channels, cfg.audio.model_bins, frames)
+        flops = forward_flops(model.eval(), x)
+    click.echo(describe(model))
+    click.echo(f"{'discriminator':<16}{count_parameters(disc):>14,}  (adversarial loss only)")
+    click.echo(
+        f"forward: {flops / 1e9:.2f} GFLOP per {frames}-frame crop, "
+        f"{flops / frames / 1e6:.1f} MFLOP per frame (a training step costs about 3x)"
+    )
+
+
 @main.command("show-config")
 @config_options
 def show_config(cfg):

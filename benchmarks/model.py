@@ -3,16 +3,14 @@
     python -m benchmarks.model                      # CPU: tiny and base vs vanilla; GPU: also large MFU
     python -m benchmarks.model --configs tiny --threads 1
 
-FLOPs are counted analytically (2 per multiply-add) from the layer shapes met in one forward pass:
-linear and convolution layers, and the attention matmuls (QK^T, AV and the relative logits).
-Norms and activations are not counted.  A backward pass costs twice the forward.  The vanilla
+FLOPs are counted analytically by ``model.flops.forward_flops`` (linear and convolution layers, the
+attention matmuls; not norms and activations); a backward pass costs twice the forward.  The vanilla
 reference has, for each d_model of our blocks, as many vanilla layers as we have blocks of that width.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from collections import Counter
 
@@ -20,36 +18,10 @@ import torch
 from torch import nn
 
 from model import build_model, resolve
-from model.attention import Attention, RelativePosition
 from model.blocks import EvolvedBlock
+from model.flops import forward_flops
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense tensor-core FLOP/s
-
-
-def forward_flops(model: nn.Module, *inputs) -> int:
-    """FLOPs of one forward pass of ``model(*inputs)``, from the shapes of its layers."""
-    total = 0
-
-    def count(module, args, output):
-        nonlocal total
-        if isinstance(module, nn.Linear):
-            total += 2 * module.in_features * output.numel()
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
-            total += 2 * module.in_channels // module.groups * math.prod(module.kernel_size) * output.numel()
-        elif isinstance(module, Attention):
-            batch, length, dim = output.shape
-            total += 4 * batch * length * length * dim  # QK^T and AV
-            if isinstance(module.position, RelativePosition):
-                total += 2 * batch * length * (2 * length - 1) * dim  # q . E[r]
-
-    hooks = [m.register_forward_hook(count) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return total
 
 
 class VanillaStack(nn.Module):

@@ -55,4 +55,7 @@ def describe(model: nn.Module) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ModelConfig", "SpecUNet", "Discriminator", "build_model", "build_discriminator", "describe"]
+__all__ = [
+    "ModelConfig", "SpecUNet", "Discriminator",
+    "build_model", "build_discriminator", "count_parameters", "describe",
+]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
+
+from model.precision import float32_region
 
 
 class Discriminator(nn.Module):
@@ -29,5 +30,5 @@ class Discriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.body(x)
-        with torch.autocast(x.device.type, enabled=False):
+        with float32_region(x):
             return self.out(h.float())[:, 0]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from model.precision import float32_region
+
 
 class MaskHead(nn.Module):
     """1x1 conv back to the input channels, sigmoid, in fp32 even under autocast.
@@ -17,7 +19,7 @@ class MaskHead(nn.Module):
         self.proj = nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, h: Tensor) -> Tensor:
-        with torch.autocast(h.device.type, enabled=False):
+        with float32_region(h):
             return torch.sigmoid(self.proj(h.float()))
 
 
@@ -33,6 +35,6 @@ class NextSegmentHead(nn.Module):
         self.proj = nn.Linear(channels * bins, 1)
 
     def forward(self, h: Tensor) -> Tensor:
-        with torch.autocast(h.device.type, enabled=False):
+        with float32_region(h):
             pooled = h.float().mean(dim=-1).flatten(1)  # [B, C * F]
             return self.proj(self.norm(pooled))[:, 0]

@@ -47,3 +47,17 @@ def test_show_config_reflects_overrides():
     out = run(str(SPECBERT), "show-config", "--config", "tiny", "--set", "loader.mask_rate=0.25")
     assert out.returncode == 0, out.stderr
     assert "mask_rate: 0.25" in out.stdout
+
+
+def test_model_info_prints_the_parameter_count_and_flops():
+    import torch
+
+    from model import build_model, count_parameters
+    from model.flops import forward_flops
+
+    out = run(str(SPECBERT), "model-info", "--config", "tiny", "--frames", "64")
+    assert out.returncode == 0, out.stderr
+    model = build_model("tiny").eval()
+    assert f"total{count_parameters(model):>25,}" in out.stdout  # column layout of model.describe
+    flops = forward_flops(model, torch.rand(1, 2, 1024, 64))  # real compute on CPU vs meta in the CLI
+    assert f"{flops / 1e9:.2f} GFLOP per 64-frame crop" in out.stdout

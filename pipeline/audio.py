@@ -61,7 +61,9 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
     return _decode_ffmpeg(path)
 
 
-def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+def ffprobe_stream(path: Path) -> tuple[int, int]:
+    """``(sample rate, channels)`` of the first audio stream of a file that ffmpeg decodes; AudioError
+    when ffmpeg is missing or there is no audio stream."""
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise AudioError(f"{path.suffix} needs ffmpeg, which is not installed")
     probe = subprocess.run(
@@ -72,11 +74,17 @@ def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
     streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
     if not streams:
         raise AudioError("cannot decode: no audio stream (ffprobe)")
-    rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
-    out = subprocess.run(
-        ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-"],
-        capture_output=True,
-    )
+    return int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+
+
+def ffmpeg_command(path: Path) -> list[str]:
+    """ffmpeg decoding the first audio stream of ``path`` to float32 little-endian on stdout."""
+    return ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-"]
+
+
+def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
+    rate, channels = ffprobe_stream(path)
+    out = subprocess.run(ffmpeg_command(path), capture_output=True)
     if out.returncode != 0:
         reason = out.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError(f"cannot decode: {reason[-1] if reason else 'ffmpeg failed'}")

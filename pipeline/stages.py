@@ -146,19 +146,25 @@ def long_enough(samples: Iterable[dict], frames: int, skips: Skips) -> Iterator[
             skips.add("short_segments", f"{sample['key']}: {sample['record']['frames']} < {frames} frames")
 
 
+def crop_start(length: int, frames: int, rng: np.random.Generator) -> int:
+    """A uniform random start of a ``frames`` window in ``length`` frames."""
+    return int(rng.integers(length - frames + 1))
+
+
 def random_crop(
     spec: np.ndarray, frames: int, rng: np.random.Generator, bins: int, swap: float, channel_axis: int = -3
 ) -> torch.Tensor:
     """A random window ``[..., C, :bins, start:start + frames]`` of ``spec`` ``[..., C, F, T]``
     (a view when not swapped), its channels reversed with probability ``swap``."""
-    start = int(rng.integers(spec.shape[-1] - frames + 1))
+    start = crop_start(spec.shape[-1], frames, rng)
     crop = torch.from_numpy(spec[..., :bins, start : start + frames])
     return crop.flip(channel_axis) if rng.random() < swap else crop
 
 
-def normalise(magnitude: torch.Tensor, peak: float) -> torch.Tensor:
-    """``clip(magnitude / peak, 0, 1)`` as a new float16 tensor of the same shape and memory order."""
-    out = torch.empty_like(magnitude, dtype=torch.float16)
+def normalise(magnitude: torch.Tensor, peak: float, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """``clip(magnitude / peak, 0, 1)`` as a new ``dtype`` tensor of the same shape and memory order:
+    the model's input in training (float16 batches) and in separation (float32)."""
+    out = torch.empty_like(magnitude, dtype=dtype)
     torch.mul(magnitude, 1.0 / max(float(peak), 1e-12), out=out)
     return out.clamp_(0.0, 1.0)
 

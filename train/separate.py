@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from configs.audio import AudioConfig
 from pipeline.audio import AUDIO_EXTS, AudioError, model_view, to_channels
+from pipeline.stages import normalise
 from train.export import load_model
 from train.streaming import BLOCK, Resampler, Source, StreamingISTFT, StreamingSTFT, array_source, file_source
 
@@ -42,17 +43,16 @@ FORMATS = {"wav": "WAV", "flac": "FLAC"}
 SUBTYPES = {"16": "PCM_16", "24": "PCM_24", "float": "FLOAT"}
 CLIP_MODES = ("rescale", "clamp")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_EPS = 1e-8
 
 
 def model_input(spec: np.ndarray, peak: float) -> np.ndarray:
     """The network's input: complex ``[C, bins, T]`` -> float32 ``[C, model_bins, T]`` in [0, 1].
 
-    ``clip(|X| / peak, 0, 1)`` without the Nyquist bin, where ``peak`` is the track's largest magnitude
-    (``spec_peak`` over the whole track, as the ingest's ``max_magnitude``): the normalisation of the
-    training loader (``pipeline.stages.normalise``, there in float16).
+    ``pipeline.stages.normalise`` (the training loader's ``clip(|X| / peak, 0, 1)``) without the Nyquist
+    bin, where ``peak`` is the track's largest magnitude (``spec_peak`` over the whole track, as the
+    ingest's ``max_magnitude``).
     """
-    return np.clip(np.abs(model_view(spec)) / max(peak, _EPS), 0.0, 1.0).astype(np.float32, copy=False)
+    return normalise(torch.from_numpy(np.abs(model_view(spec))), peak, torch.float32).numpy()
 
 
 def spec_peak(spec: np.ndarray) -> float:

@@ -12,8 +12,6 @@ returns the rest.  Pushed through in any pieces, a stage gives the same result a
 
 from __future__ import annotations
 
-import json
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import soundfile as sf
 import soxr
 
 from configs.audio import AudioConfig
-from pipeline.audio import SOUNDFILE_EXTS, AudioError, stft
+from pipeline.audio import SOUNDFILE_EXTS, AudioError, ffmpeg_command, ffprobe_stream, stft
 
 BLOCK = 1 << 18  # samples read at once (6 s at 44.1 kHz)
 
@@ -84,20 +82,13 @@ def file_source(path: str | Path) -> Source:
 
 def _ffmpeg_source(path: Path) -> Source:
     """Decode through an ffmpeg pipe (formats libsndfile lacks): float32 at the native rate and channels."""
-    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
-        raise AudioError(f"{path}: {path.suffix} needs ffmpeg, which is not installed")
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
-         "-of", "json", str(path)], capture_output=True, text=True,
-    )
-    streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
-    if not streams:
-        raise AudioError(f"{path}: cannot decode: no audio stream (ffprobe)")
-    rate, channels = int(streams[0]["sample_rate"]), int(streams[0]["channels"])
+    try:
+        rate, channels = ffprobe_stream(path)
+    except AudioError as err:
+        raise AudioError(f"{path}: {err}") from None
 
     def open_blocks(size):
-        cmd = ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-"]
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        with subprocess.Popen(ffmpeg_command(path), stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
             while chunk := proc.stdout.read(size * channels * 4):
                 data = np.frombuffer(chunk[: len(chunk) // (4 * channels) * 4 * channels], dtype="<f4")
                 yield np.ascontiguousarray(data.reshape(-1, channels).T)

@@ -58,23 +58,34 @@ class VanillaStack(nn.Module):
         )
 
 
-def step_time(model: nn.Module, x: torch.Tensor, repeats: int, bf16: bool = False) -> float:
-    """Median seconds of one forward+backward of ``model(x)`` (first output summed)."""
-    times = []
-    for i in range(repeats + 2):  # two warm-up steps
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            out = model(x)
-        loss = (out[0] if isinstance(out, tuple) else out).float().mean()
-        loss.backward()
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-        model.zero_grad(set_to_none=True)
-    return sorted(times)[len(times) // 2]
+def one_step(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> float:
+    """Seconds of one forward+backward of ``model(x)`` (first output averaged)."""
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    loss = (out[0] if isinstance(out, tuple) else out).float().mean()
+    loss.backward()
+    if x.is_cuda:
+        torch.cuda.synchronize()
+    model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def step_times(runs: list[tuple[nn.Module, torch.Tensor]], repeats: int, bf16: bool = False) -> list[float]:
+    """Fastest forward+backward step of each ``(model, x)``, after two warm-up steps.
+
+    The models take turns step by step, so a load change on a shared machine hits all of them alike;
+    the minimum is the least disturbed step.
+    """
+    times = [[] for _ in runs]
+    for i in range(repeats + 2):
+        for spent, (model, x) in zip(times, runs, strict=True):
+            seconds = one_step(model, x, bf16)
+            if i >= 2:
+                spent.append(seconds)
+    return [min(spent) for spent in times]
 
 
 def compare_cpu(name: str, batch: int, frames: int, repeats: int) -> None:
@@ -82,12 +93,11 @@ def compare_cpu(name: str, batch: int, frames: int, repeats: int) -> None:
     model = build_model(name)
     x = torch.rand(batch, 2, 1024, frames)
     ours_flops = 3 * forward_flops(model, x)
-    ours = step_time(model, x, repeats)
     cfg, _ = resolve(name)
     vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout)
     tokens = torch.randn(batch, frames, vanilla.widths[0][0])
     ref_flops = 3 * vanilla.flops(batch, frames, cfg.expansion)
-    ref = step_time(vanilla, tokens, repeats)
+    ours, ref = step_times([(model, x), (vanilla, tokens)], repeats)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     ref_params = sum(p.numel() for p in vanilla.parameters()) / 1e6
     per_frame = 1e3 / (batch * frames)
@@ -110,7 +120,7 @@ def mfu_gpu(name: str, batch: int, frames: int, repeats: int, compile_model: boo
     flops = 3 * forward_flops(model, x)
     if compile_model:
         model = torch.compile(model)
-    seconds = step_time(model, x, repeats, bf16=True)
+    (seconds,) = step_times([(model, x)], repeats, bf16=True)
     gpu = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     mfu = f"MFU {flops / seconds / peak:.1%} (target >= 40%)" if peak else "MFU: unknown peak for this GPU"

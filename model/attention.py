@@ -12,30 +12,82 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+class _DepthwiseTimeConv(torch.autograd.Function):
+    """Depthwise "same" convolution along time, channels last, as k shifted multiply-adds.
+
+    ``x [B, L, C]``, ``weight [k, C]`` -> ``[B, L, C]`` (no bias).  Output frame t gets
+    ``sum_j x[t + j - k//2] * weight[j]``; every tap is one contiguous multiply-add over the overlapping
+    frames, with no [B, L, C] <-> [B, C, L] transposes (2-3x faster on CPU than a grouped ``conv1d``).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        x, centre = x.contiguous(), weight.shape[0] // 2
+        out = x * weight[centre]
+        for j, lo, hi in _taps(x.shape[1], weight.shape[0]):
+            out[:, lo:hi].addcmul_(x[:, lo + j - centre : hi + j - centre], weight[j])
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        x, weight = ctx.saved_tensors
+        grad, centre = grad.contiguous(), weight.shape[0] // 2
+        grad_x = grad * weight[centre]
+        grad_w = torch.empty_like(weight)
+        grad_w[centre] = (grad * x).sum((0, 1))
+        for j, lo, hi in _taps(x.shape[1], weight.shape[0]):
+            shifted = slice(lo + j - centre, hi + j - centre)
+            grad_x[:, shifted].addcmul_(grad[:, lo:hi], weight[j])
+            grad_w[j] = (grad[:, lo:hi] * x[:, shifted]).sum((0, 1))
+        return grad_x, grad_w
+
+
+def _taps(length: int, kernel_size: int):
+    """``(j, lo, hi)`` for every tap but the centre: output frames ``lo:hi`` read frames shifted by
+    ``j - kernel_size // 2`` (the others fall into the zero padding)."""
+    centre = kernel_size // 2
+    for j in range(kernel_size):
+        lo, hi = max(0, centre - j), min(length, length + centre - j)
+        if j != centre and hi > lo:
+            yield j, lo, hi
+
+
 class TimeConv(nn.Module):
     """1-D convolution along time with symmetric ("same") padding: ``[B, L, Cin] -> [B, L, Cout]``.
 
-    ``groups=channels`` gives a depthwise convolution (one kernel per channel).
+    ``groups=channels`` gives a depthwise convolution (one kernel per channel).  Parameters live in an
+    ``nn.Conv1d``, but the maths stays in the tokens' channels-last layout: depthwise by shifted
+    multiply-adds, dense by one matrix product over the k shifted frames (im2col by ``unfold``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 1):
         super().__init__()
+        if groups not in (1, in_channels) or kernel_size % 2 == 0:
+            raise ValueError("TimeConv is dense or depthwise, with an odd kernel")
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x.transpose(1, 2)).transpose(1, 2)
+        weight, bias, k = self.conv.weight, self.conv.bias, self.conv.kernel_size[0]
+        if self.conv.groups > 1:  # weight [C, 1, k]
+            y = _DepthwiseTimeConv.apply(x, weight[:, 0].T.to(x.dtype))
+            return y + bias.to(y.dtype)
+        cols = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1)  # [B, L, Cin, k]
+        return F.linear(cols.flatten(2), weight.flatten(1), bias)  # weight [Cout, Cin, k]
 
 
 def skew(rel: Tensor) -> Tensor:
     """Bidirectional skew: ``rel [..., L, 2L-1] -> S [..., L, L]`` with ``S[i, j] = rel[i, j - i + L - 1]``.
 
-    Column ``r`` of ``rel`` holds relative distance ``r - (L - 1)``.  Pad one zero column on the left
-    (``[L, 2L]``), view as ``[2L, L]``, drop the first row, view as ``[L, 2L-1]`` and keep the first L
-    columns.  Only the padding copies: O(L^2) per head, like the logits themselves.
+    Column ``r`` of ``rel`` holds relative distance ``r - (L - 1)``.  The Music-Transformer pad-and-reshape
+    trick, without the pad: in a row-major ``[L, 2L-1]`` block ``rel[i, j - i + L - 1]`` sits at offset
+    ``i (2L - 2) + j + L - 1``, so S is a strided view of ``rel`` (row stride 2L-2, no copy, O(L) extra
+    memory per head beyond the logits).
     """
     *batch, length, width = rel.shape
-    padded = F.pad(rel, (1, 0)).reshape(*batch, 2 * length, length)[..., 1:, :]
-    return padded.reshape(*batch, length, width)[..., :length]
+    rel = rel.contiguous()
+    stride = (*rel.stride()[:-2], width - 1, 1)
+    return rel.as_strided((*batch, length, length), stride, rel.storage_offset() + length - 1)
 
 
 class RelativePosition(nn.Module):
@@ -54,9 +106,9 @@ class RelativePosition(nn.Module):
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         length, m = q.shape[-2], self.max_distance
         distance = torch.arange(1 - length, length, device=q.device).clamp(1 - m, m - 1)
-        table = self.embedding[:, distance + m - 1]  # [H, 2L-1, Dh]
+        table = self.embedding[:, distance + m - 1] * q.shape[-1] ** -0.5  # [H, 2L-1, Dh], scaled
         rel = q @ table.transpose(-1, -2).to(q.dtype)  # [B, H, L, 2L-1]
-        return q, k, skew(rel) * q.shape[-1] ** -0.5
+        return q, k, skew(rel)
 
 
 class Rotary(nn.Module):

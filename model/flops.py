@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from model.attention import Attention, RelativePosition
+from model.attention import Attention, RelativePosition, TimeConv
 
 
 def forward_flops(model: nn.Module, *inputs) -> int:
@@ -24,6 +24,9 @@ def forward_flops(model: nn.Module, *inputs) -> int:
             total += 2 * module.in_features * output.numel()
         elif isinstance(module, (nn.Conv1d, nn.Conv2d)):
             total += 2 * module.in_channels // module.groups * math.prod(module.kernel_size) * output.numel()
+        elif isinstance(module, TimeConv):  # computes with its nn.Conv1d's parameters, without calling it
+            conv = module.conv
+            total += 2 * conv.in_channels // conv.groups * conv.kernel_size[0] * output.numel()
         elif isinstance(module, Attention):
             batch, length, dim = output.shape
             total += 4 * batch * length * length * dim  # QK^T and AV

@@ -109,6 +109,90 @@ def pretrain(manifest, run_dir, steps, resume, device, cfg):
     sys.exit(code)
 
 
+def _finetune_summary(run_dir: Path) -> None:
+    """Print a run's validation uSDR over the steps (rank 0 only)."""
+    import os
+
+    from train.finetune import validation_history
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for r in validation_history(run_dir):
+        click.echo(f"step {r['step']:>6}: validation uSDR instrumental {r['usdr_instrumental']:6.2f} dB, "
+                   f"vocals {r['usdr_vocals']:6.2f} dB (mixture floor {r['floor_usdr_instrumental']:.2f} / "
+                   f"{r['floor_usdr_vocals']:.2f} dB)")
+
+
+@main.command()
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Stems manifest written by `specbert ingest-stems`.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Checkpoints, TensorBoard logs, metrics.jsonl, preview PNGs and init.json go here.")
+@click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
+              help="Start from a pretraining run or checkpoint folder, or an exported model file "
+                   "(default: from scratch).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Step budget (default: finetune.steps).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --run-dir (if any).")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Default: cuda when available.")
+@config_options
+def finetune(manifest, run_dir, init, steps, resume, device, cfg):
+    """Fine-tune for vocal removal on the stems shards of --manifest: the mask times |mixture| learns
+    |accompaniment| on remixed, augmented crops; validation reports uSDR against the mixture floor.
+
+    \b
+    The schedule is the finetune section (steps, lr, warmup_steps, schedule, freeze_encoder_steps);
+    batch size, checkpoints and logging are the train section's.  Several GPUs:
+    torchrun --nproc_per_node N $(which specbert) finetune ...   Exit codes as for pretrain.
+    """
+    from train.checkpoint import CheckpointError
+    from train.export import ExportError
+    from train.finetune import finetune as run
+
+    if steps is not None:
+        cfg.finetune.steps = steps
+    try:
+        code = run(cfg, manifest, run_dir, init, resume, device, log=click.echo)
+    except (CheckpointError, ExportError, FileExistsError, ConfigError) as err:
+        raise click.ClickException(str(err)) from None
+    _finetune_summary(run_dir)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--manifest", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Stems manifest written by `specbert ingest-stems`.")
+@click.option("--init", "init", required=True, type=click.Path(exists=True, path_type=Path),
+              help="The pretraining run (or checkpoint, or exported model) the pretrained arm starts from.")
+@click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="RUN_DIR/pretrained and RUN_DIR/scratch hold the two fine-tunes; the report goes here.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Step budget of each arm.")
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+              help="Default: cuda when available.")
+@config_options
+def compare(manifest, init, run_dir, steps, device, cfg):
+    """Does pretraining help?  Fine-tune from --init and from scratch with the same budget and seed, and
+    report validation uSDR over the steps for both (compare.json, compare.md, compare.png).
+
+    Run it again to continue both arms (they resume from their checkpoints).
+    """
+    from train.checkpoint import CheckpointError
+    from train.compare import compare as run
+    from train.export import ExportError
+
+    if steps is not None:
+        cfg.finetune.steps = steps
+    try:
+        report, paths = run(cfg, manifest, init, run_dir, device, log=click.echo)
+    except (CheckpointError, ExportError, ConfigError) as err:
+        raise click.ClickException(str(err)) from None
+    from train.compare import markdown
+
+    click.echo(markdown(report))
+    click.echo(f"wrote {', '.join(str(p) for p in paths)}")
+
+
 def ingest_options(command):
     """Options shared by ``ingest`` and ``ingest-stems``."""
     options = [

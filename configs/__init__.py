@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from configs.audio import AudioConfig
+from configs.finetune import FinetuneConfig
 from configs.ingest import IngestConfig
 from configs.loader import LoaderConfig
 from configs.model import ModelConfig
@@ -43,6 +44,7 @@ class Config:
     loader: LoaderConfig = field(default_factory=LoaderConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def to_dict(self) -> dict:
         """Plain nested dict (tuples as lists): what checkpoints and manifests record."""

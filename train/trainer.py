@@ -233,6 +233,9 @@ class Trainer:
     def train_step(self, stream: BatchStream) -> tuple[dict[str, Tensor] | None, int, int]:
         """One optimizer step over ``accum`` micro-batches.  Returns the step's metrics (None when
         skipped for a non-finite loss or gradient), and the samples and frames it used."""
+        begin_step = getattr(self.task, "begin_step", None)  # optional: a task that changes with the step
+        if begin_step is not None:
+            begin_step(self.progress.step)
         buffers = [b.detach().clone() for b in self._buffers()]
         sums: dict[str, Tensor] = {}
         samples = frames = 0

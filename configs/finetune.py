@@ -1,0 +1,35 @@
+"""Fine-tuning for vocal removal: its own schedule, loss weights and on-the-fly stems augmentation.
+
+The trainer's other settings (batch size, clipping, logging, checkpoints, workers) are the ``train``
+section's and the crop is ``loader.crop_frames``; ``finetune_config`` in ``train/finetune.py`` puts the
+schedule below over them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass
+class FinetuneConfig:
+    steps: int = 20_000  # optimizer steps of a fine-tune (--steps overrides)
+    lr: float = 1e-4
+    warmup_steps: int = 500
+    schedule: Literal["cosine", "poly", "constant"] = "cosine"
+    freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
+    vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
+    remix_prob: float = 0.5  # vocals taken from another track of the stream
+    no_vocals_prob: float = 0.1  # the mixture is the accompaniment alone
+    gain_db: float = 3.0  # each stem's gain is uniform in +-gain_db
+    vocal_pool: int = 8  # recent vocals crops a foreign one is drawn from
+    val_split: str = "validation"  # the stems manifest's split that validation separates
+
+    def __post_init__(self):
+        if self.steps <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.freeze_encoder_steps < 0:
+            raise ValueError("steps and lr must be positive, warmup_steps and freeze_encoder_steps >= 0")
+        for name in ("remix_prob", "no_vocals_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.vocal_weight < 0 or self.gain_db < 0 or self.vocal_pool < 1:
+            raise ValueError("vocal_weight and gain_db must be >= 0, vocal_pool >= 1")

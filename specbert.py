@@ -1,0 +1,12 @@
+"""specbert's Python API.
+
+    import specbert
+    sep = specbert.Separator("model.safetensors")          # device="cuda", tta=True, chunk_frames=...
+    stems = sep.separate("song.flac")                      # {"instrumental": [C, N], "vocals": [C, N]}
+    stems = sep.separate(wave, sample_rate=48000)          # an array [C, N] or [N]
+    sep.separate_file("song.flac", "out/")                 # out/song_instrumental.wav, out/song_vocals.wav
+"""
+
+from train.separate import Separator
+
+__all__ = ["Separator"]

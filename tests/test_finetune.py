@@ -1,0 +1,228 @@
+"""Fine-tuning on real stems shards of the example set: the augmentation's mixtures are exact, --init says
+what it loaded, a fine-tune beats the mixture floor, resumes exactly, and `specbert compare` runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from cli import main
+from configs import Config, load_config
+from configs.finetune import FinetuneConfig
+from model import build_model
+from pipeline.example_library import write_example_stems
+from pipeline.ingest import ingest_stems
+from pipeline.manifest import read_manifest
+from pipeline.shards import iter_shard
+from pipeline.stages import normalise
+from pipeline.stems_loader import build_stems_loader, crop_stems, remix, stems_pair
+from train.export import save_model_file
+from train.finetune import load_init
+
+ROOT = Path(__file__).resolve().parents[1]
+# Six example tracks: four train (one of them instrumental), one validation (ingest.val_fraction=0.1 holds
+# out its artist), one test.  Short crops and batches keep CPU steps short.
+SMALL = ["loader.crop_frames=64", "loader.crops_per_segment=4", "loader.shuffle_buffer=8",
+         "train.batch_size=4", "train.num_workers=1", "train.log_every=1", "train.preview_every=0"]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("stems")
+    write_example_stems(root / "stems", seed=0, tracks=6)
+    cfg = load_config("tiny", ["ingest.workers=1", "ingest.val_fraction=0.1"])
+    summary = ingest_stems([root / "stems"], [root / "shards"], cfg, progress=False, log=lambda _: None)
+    return summary.manifest
+
+
+@pytest.fixture(scope="module")
+def samples(manifest) -> list[dict]:
+    """Decoded stems samples of the train split, one per track."""
+    shards = [s["path"] for s in read_manifest(manifest).shards("train") if s["kind"] == "stems"]
+    return [sample for path in shards for sample in iter_shard(path)]
+
+
+@pytest.fixture(scope="module")
+def init_file(tmp_path_factory) -> Path:
+    """An exported tiny model with random weights: what --init reads."""
+    cfg = load_config("tiny")
+    torch.manual_seed(1)
+    return save_model_file(build_model(cfg), cfg, tmp_path_factory.mktemp("init") / "model.safetensors")
+
+
+def crops(samples, frames=64, bins=1024) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [crop_stems(s, frames, bins, swap=0.0, rng=rng) for s in samples]
+
+
+def magnitude(x: np.ndarray, peak: float) -> torch.Tensor:
+    return normalise(torch.from_numpy(np.abs(x)), peak)
+
+
+def test_the_loader_gives_remixed_crops_of_the_stems_shards(manifest):
+    cfg = load_config("tiny", SMALL)
+    batch = next(iter(build_stems_loader(manifest, cfg, "train", batch_size=4, num_workers=1, seed=0)))
+    for name in ("mixture", "accompaniment", "vocals"):
+        assert batch[name].shape == (4, 2, 1024, 64) and batch[name].dtype == torch.float16
+        assert 0 <= batch[name].min() and batch[name].max() <= 1
+    assert batch["mixture"].float().amax() > 0.01
+
+
+def test_the_mixture_is_the_exact_sum_of_the_stems(samples):
+    cfg = FinetuneConfig(remix_prob=0.0, no_vocals_prob=0.0, gain_db=0.0)
+    originals = crops(samples)
+    out = list(remix(originals, cfg, np.random.default_rng(0)))
+    for crop, sample in zip(originals, out, strict=True):
+        mixture = crop["accompaniment"] + crop["vocals"]
+        peak = max(float(np.abs(mixture).max()), crop["peak"])
+        assert torch.equal(sample["mixture"], magnitude(mixture, peak))
+        assert torch.equal(sample["accompaniment"], magnitude(crop["accompaniment"], peak))
+        assert sample["vocals_track"] == sample["track"]
+
+
+def test_the_stems_add_up_to_the_stored_mixture(samples):
+    for sample in samples:
+        accompaniment, vocals = stems_pair(sample["stems"], 1024, 0, 64)
+        stored = sample["stems"]["mixture"][:, :, :1024, :64].astype(np.float32)
+        error = np.abs(stored[0] + 1j * stored[1] - (accompaniment + vocals)).max()
+        assert error < 0.02 * np.abs(stored[0] + 1j * stored[1]).max()  # float16 codec rounding only
+
+
+def test_sometimes_no_vocals(samples):
+    cfg = FinetuneConfig(no_vocals_prob=1.0, gain_db=0.0)
+    for sample in remix(crops(samples), cfg, np.random.default_rng(0)):
+        assert sample["vocals_track"] == "" and not sample["vocals"].any()
+        assert torch.equal(sample["mixture"], sample["accompaniment"])
+
+
+def test_vocals_come_from_another_track(samples):
+    cfg = FinetuneConfig(remix_prob=1.0, no_vocals_prob=0.0, gain_db=0.0)
+    originals = crops(samples)
+    out = list(remix(originals, cfg, np.random.default_rng(0)))
+    assert out[0]["vocals_track"] == out[0]["track"]  # nothing in the pool yet
+    by_track = {crop["track"]: crop for crop in originals}
+    for crop, sample in zip(originals[1:], out[1:], strict=True):
+        other = by_track[sample["vocals_track"]]
+        assert sample["vocals_track"] != sample["track"]
+        mixture = crop["accompaniment"] + other["vocals"]
+        peak = max(float(np.abs(mixture).max()), crop["peak"])
+        assert torch.equal(sample["vocals"], magnitude(other["vocals"], peak))
+        assert torch.equal(sample["mixture"], magnitude(mixture, peak))
+
+
+def test_gains_change_the_balance_of_the_stems(samples):
+    rng = np.random.default_rng(0)
+    cfg = FinetuneConfig(remix_prob=0.0, no_vocals_prob=0.0, gain_db=6.0)
+    ratios = [float(s["vocals"].float().sum() / s["accompaniment"].float().sum())
+              for s in remix(crops(samples) * 4, cfg, rng) if s["vocals"].float().sum() > 1]
+    assert max(ratios) / min(ratios) > 2.0
+
+
+def test_init_reports_loaded_new_unused_and_mismatched(init_file):
+    source = load_file(str(init_file))
+    # one more encoder block at the deepest level (new), no decoder block at level 3 (unused), wider level 4
+    cfg = load_config("tiny", ["model.encoder_blocks=[0, 0, 1, 1, 2]", "model.decoder_blocks=[0, 0, 0, 0]",
+                               "model.channels=[2, 2, 4, 8, 24]"])
+    model = build_model(cfg)
+    before = {n: t.clone() for n, t in model.state_dict().items()}
+    report = load_init(model, init_file)
+    state = model.state_dict()
+    mismatched = {name for name, _, _ in report.mismatched}
+    assert set(report.new) == set(state) - set(source)
+    assert any(n.startswith("encoders.4.blocks.1.") for n in report.new)
+    assert set(report.unused) == set(source) - set(state)
+    assert any(n.startswith("decoders.3.blocks.") for n in report.unused)
+    assert "encoders.4.conv.0.weight" in mismatched
+    assert set(report.loaded) | mismatched | set(report.new) == set(state)
+    assert all(torch.equal(state[n], source[n]) for n in report.loaded)
+    assert all(torch.equal(state[n], before[n]) for n in mismatched | set(report.new))
+    assert any(line.startswith("  shape mismatch: encoders.4.conv.0.weight (") for line in report.lines())
+
+
+def finetune_args(manifest, run_dir, steps, *sets) -> list[str]:
+    args = ["finetune", "--config", "tiny", "--manifest", str(manifest), "--run-dir", str(run_dir),
+            "--steps", str(steps), "--device", "cpu"]
+    for s in [*SMALL, *sets]:
+        args += ["--set", s]
+    return args
+
+
+def test_init_from_a_model_file_with_a_frozen_encoder(manifest, init_file, tmp_path, one_thread):
+    run_dir = tmp_path / "run"
+    args = finetune_args(manifest, run_dir, 2, "finetune.freeze_encoder_steps=2", "train.val_every=0")
+    result = CliRunner().invoke(main, [*args, "--init", str(init_file)])
+    assert result.exit_code == 0, result.output
+    assert "tensors loaded, 0 new, 0 unused, 0 shape mismatches" in result.output
+    assert json.loads((run_dir / "init.json").read_text())["new"] == []
+    source = load_file(str(init_file))
+    trained = load_file(str(run_dir / "checkpoints/step_00000002/model.safetensors"))
+    params = dict(build_model(load_config("tiny")).named_parameters())
+    encoder = [n for n in params if n.startswith("encoders.")]
+    assert all(torch.equal(trained[n], source[n]) for n in encoder)  # frozen: not one update
+    assert not torch.equal(trained["mask_head.proj.weight"], source["mask_head.proj.weight"])
+
+
+def test_a_resumed_finetune_matches_an_uninterrupted_one(manifest, tmp_path, one_thread):
+    sets = ("train.val_every=0", "train.checkpoint_every=3")
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for args in (finetune_args(manifest, whole, 6, *sets), finetune_args(manifest, split, 3, *sets),
+                 [*finetune_args(manifest, split, 6, *sets), "--resume"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    a = load_file(str(whole / "checkpoints/step_00000006/model.safetensors"))
+    b = load_file(str(split / "checkpoints/step_00000006/model.safetensors"))
+    assert all(torch.allclose(a[n], b[n], atol=1e-6) for n in a)
+    assert not (split / "init.json").exists()
+
+
+def test_a_finetune_of_the_tiny_model_beats_the_mixture_floor(manifest, tmp_path, one_thread):
+    run_dir = tmp_path / "run"
+    args = finetune_args(manifest, run_dir, 60, "train.val_every=30", "train.checkpoint_every=60")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    val = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["split"] == "val"]
+    assert [r["step"] for r in val] == [30, 60] and val[-1]["val_tracks"] == 1
+    last = val[-1]
+    assert last["usdr_instrumental"] > last["floor_usdr_instrumental"] + 1.0, val
+    assert last["usdr_vocals"] > last["floor_usdr_vocals"] + 1.0, val
+    assert "validation uSDR instrumental" in result.output
+
+
+def test_compare_runs_both_arms_and_reports(manifest, init_file, tmp_path):
+    run_dir = tmp_path / "cmp"
+    args = ["compare", "--config", "tiny", "--manifest", str(manifest), "--init", str(init_file),
+            "--run-dir", str(run_dir), "--steps", "2", "--device", "cpu", "--set", "train.val_every=2",
+            "--set", "train.val_batches=1"]
+    for s in SMALL:
+        args += ["--set", s]
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((run_dir / "compare.json").read_text())
+    assert set(report["arms"]) == {"pretrained", "scratch"}
+    for arm in report["arms"].values():
+        assert arm["final"]["step"] == 2 and np.isfinite(arm["final"]["usdr_instrumental"])
+    assert (run_dir / "pretrained/init.json").exists() and not (run_dir / "scratch/init.json").exists()
+    assert (run_dir / "compare.png").stat().st_size > 0
+    assert "| pretrained | 2 |" in (run_dir / "compare.md").read_text()
+    assert "mixture (floor)" in result.stdout
+
+
+def test_the_python_api_is_importable_from_anywhere(tmp_path):
+    code = "import specbert, train.separate; assert specbert.Separator is train.separate.Separator"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+
+
+def test_config_has_a_finetune_section():
+    cfg = load_config("tiny", ["finetune.lr=0.01"])
+    assert isinstance(cfg, Config) and cfg.finetune.lr == 0.01 and cfg.finetune.steps == 100

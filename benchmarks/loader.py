@@ -5,28 +5,34 @@ reading the raw samples of the same tar shards.
     python benchmarks/loader.py --batches 60 --workers 2
 
 Crops are the defaults: 1024 frames x 1024 bins, stereo, masked and paired, batches of 8, from
-segments of 2048 frames (codec f16r6). Rows:
+segments of 2048 frames (codec f16r6), ``crops_per_segment`` crops per decoded segment. Rows (the
+stage rows in CPU time per crop, a segment's reading and decoding shared by its crops):
 
     read tar (webdataset)   webdataset.WebDataset over the tar shards: raw bytes, nothing decoded
     read tar (loader)       the loader's reader (pipeline.stages.tar_samples), raw bytes
-    decode                  pipeline.shards.decode_sample (zstd + codec)
-    crop / pairs / mask     the loader's stages, each alone (ms per crop)
-    collate                 stacking input and target into shared memory, as a worker does
+    decode                  pipeline.shards.decode_sample (checksum + zstd + codec)
+    crop / pairs / mask     the loader's stages, each alone
+    collate (shared ring)   stacking input, target and masks into a reused shared-memory batch, as a
+                            worker does; then "processing" = decode .. collate against reading
     loader tar|zarr, W=n    the whole pipeline: W=0 runs in this process (one core does everything),
-                            W=n runs n DataLoader workers; "per core" = crops/s / max(n, 1)
+                            W=n runs n DataLoader workers; per core (wall) = crops/s / max(n, 1), and
+                            crops per CPU second of the workers (W=0: of this process), which holds
+                            on a busy machine; the main process's own CPU is shown apart
 
-Every in-process figure uses one torch thread, as a DataLoader worker does.
+This process is set up as a DataLoader worker is (one torch and blosc thread, freed memory kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 import webdataset as wds
 
@@ -36,7 +42,7 @@ from pipeline.loader import build_pretrain_loader, crop_magnitude
 from pipeline.manifest import read_manifest
 from pipeline.masking import mask_sample, next_segment_pairs
 from pipeline.shards import decode_sample
-from pipeline.stages import stack, tar_samples
+from pipeline.stages import BatchRing, setup_worker, tar_samples
 
 
 def ingest(data: Path) -> dict[str, Path]:
@@ -61,51 +67,93 @@ def rate(count: int, seconds: float) -> str:
     return f"{count / seconds:8.1f}/s  {1e3 * seconds / count:7.2f} ms each"
 
 
-def timed(name: str, f, items: list, rows: list[str], crops_per_item: int = 1):
-    """Time ``f`` over ``items``, dropping each result (memory is recycled as in the pipeline)."""
-    start = time.perf_counter()
+def timed(name: str, f, items: list, rows: list[str], crops_per_item: float = 1) -> float:
+    """CPU seconds per crop of ``f`` over ``items`` (results dropped: memory is recycled as in the
+    pipeline); CPU time, so other processes on the machine do not count."""
+    start = time.process_time()
     for item in items:
         f(item)
-    rows.append(f"{name:22s} {rate(crops_per_item * len(items), time.perf_counter() - start)}")
+    seconds = time.process_time() - start
+    rows.append(f"{name:24s} {rate(round(crops_per_item * len(items)), seconds)}")
+    return seconds / (crops_per_item * len(items))
 
 
-def stage_rows(tar_manifest: Path) -> list[str]:
-    """Each stage alone, on one core, over the same samples (the page cache holds the shards)."""
+def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
+    """Each stage alone, on one core, over the same samples (the page cache holds the shards), per
+    crop: a segment's reading and decoding are shared by its ``crops_per_segment`` crops."""
     urls = [s["path"] for s in read_manifest(tar_manifest).shards("train")] * 4
     raws = [raw for url in urls for raw in tar_samples(url)]
-    rows: list[str] = []
-    timed("read tar (webdataset)", lambda url: list(wds.WebDataset(url, shardshuffle=False)), urls, rows,
-          len(raws) // len(urls))
-    timed("read tar (loader)", lambda url: list(tar_samples(url)), urls, rows, len(raws) // len(urls))
-    timed("decode", decode_sample, raws, rows)
+    per_url = len(raws) / len(urls) * crops_per_segment
+    rows: list[str] = [f"per crop, CPU time ({crops_per_segment} crops per decoded segment):"]
+    wds_read = timed("read tar (webdataset)", lambda url: list(wds.WebDataset(url, shardshuffle=False)), urls,
+                     rows, per_url)
+    read = timed("read tar (loader)", lambda url: list(tar_samples(url)), urls, rows, per_url)
+    cost = timed("decode", decode_sample, raws, rows, crops_per_segment)
     cfg, rng = LoaderConfig(), np.random.default_rng(0)
-    decoded = [decode_sample(raw) for raw in raws]
+    decoded = [decode_sample(raw) for raw in raws] * crops_per_segment
     crop = partial(crop_magnitude, frames=cfg.crop_frames, bins=1024, swap=cfg.channel_swap, rng=rng)
-    timed("crop", crop, decoded, rows)
+    cost += timed("crop", crop, decoded, rows)
     crops = [crop(sample) for sample in decoded]
-    start = time.perf_counter()
+    start = time.process_time()
     paired = list(next_segment_pairs(crops, cfg, rng))  # in place: no new tensors
-    rows.append(f"{'pairs':22s} {rate(len(paired), time.perf_counter() - start)}")
-    timed("mask", lambda sample: mask_sample(sample, cfg, rng), paired, rows)
+    cost += (time.process_time() - start) / len(paired)
+    rows.append(f"{'pairs':24s} {rate(len(paired), time.process_time() - start)}")
+    cost += timed("mask", lambda sample: mask_sample(sample, cfg, rng), paired, rows)
     masked = [mask_sample(sample, cfg, rng) for sample in paired]
     groups = [masked[i : i + 8] for i in range(0, len(masked) - 7, 8)]
-    collate = lambda group: [stack([s[k] for s in group], shared=True) for k in ("input", "target")]  # noqa: E731
-    timed("collate (shared)", collate, groups, rows, 8)
+    ring = BatchRing(workers=1)
+
+    def collate(group: list[dict]):
+        ring.collate(group)
+        ring.board.zero_()  # the main process has dropped the batch
+
+    with as_worker():
+        cost += timed("collate (shared ring)", collate, groups, rows, 8)
+    rows.append(f"processing (decode .. collate) {1e3 * cost:6.2f} ms per crop = "
+                f"{cost / read:5.1f}x reading (loader) = {cost / wds_read:5.2f}x reading (webdataset)")
     return rows
 
 
+@contextlib.contextmanager
+def as_worker():
+    """Run ``BatchRing.collate`` as in a DataLoader worker (shared memory, ring slots) whose batches
+    are dropped at once by the main process."""
+    from torch.utils.data import _utils
+
+    info = _utils.worker.WorkerInfo(id=0, num_workers=1, seed=0, dataset=None)
+    _utils.worker._worker_info, previous = info, _utils.worker._worker_info
+    try:
+        yield
+    finally:
+        _utils.worker._worker_info = previous
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 def loader_row(name: str, manifest: Path, workers: int, batches: int, crops_per_segment: int) -> str:
+    """Crops/s of the whole loader; per core by wall time (crops/s / workers) and by CPU time of the
+    processes doing the work (crops per CPU second: robust when other jobs share the machine)."""
     loader = build_pretrain_loader(manifest, batch_size=8, num_workers=workers, seed=0, epoch_batches=batches,
                                    crops_per_segment=crops_per_segment)
     it = iter(loader)
     for _ in range(min(4, batches - 1)):  # start-up: workers, shuffle buffer
         next(it)
-    start, count = time.perf_counter(), 0
+    main = psutil.Process()
+    procs = main.children() if workers else [main]
+    cpu, start, count = sum(map(cpu_seconds, procs)), time.perf_counter(), 0
+    main_cpu = cpu_seconds(main)
     for batch in it:
         count += len(batch["key"])
-    per_second = count / (time.perf_counter() - start)
-    per_core = per_second / max(workers, 1)
-    return f"loader {name:4s} W={workers}      {per_second:8.1f} crops/s  {per_core:7.1f} per core"
+    wall = time.perf_counter() - start
+    cpu = sum(map(cpu_seconds, procs)) - cpu
+    main_cpu = cpu_seconds(main) - main_cpu
+    extra = f" (+ main process {count / main_cpu:6.0f}/CPU s)" if workers else ""
+    per_core = count / wall / max(workers, 1)
+    return (f"loader {name:4s} W={workers}  {count / wall:7.1f} crops/s  {per_core:7.1f} per core (wall)  "
+            f"{count / cpu:7.1f} per CPU s of the loader cores{extra}")
 
 
 def main():
@@ -114,17 +162,22 @@ def main():
     parser.add_argument("--data", type=Path, default=Path("bench-loader"), help="kept between runs")
     parser.add_argument("--batches", type=int, default=30, help="batches per loader run")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the multi-process runs")
-    parser.add_argument("--crops-per-segment", type=int, default=1, help="loader option crops_per_segment")
+    parser.add_argument("--crops-per-segment", type=int, default=LoaderConfig.crops_per_segment,
+                        help="loader option crops_per_segment")
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each loader row")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    setup_worker()
     manifests = ingest(args.data)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; crops_per_segment "
           f"{args.crops_per_segment}; shards: {', '.join(str(m.parent) for m in manifests.values())}")
-    for row in stage_rows(manifests["tar"]):
-        print(row)
-    for name, manifest in manifests.items():
-        for workers in (0, args.workers):
-            print(loader_row(name, manifest, workers, args.batches, args.crops_per_segment))
+    for row in stage_rows(manifests["tar"], args.crops_per_segment):
+        print(row, flush=True)
+    for _ in range(args.repeat):
+        for name, manifest in manifests.items():
+            for workers in (0, args.workers):
+                print(loader_row(name, manifest, workers, args.batches, args.crops_per_segment), flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 
 if __name__ == "__main__":

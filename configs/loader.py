@@ -8,7 +8,8 @@ from dataclasses import dataclass
 @dataclass
 class LoaderConfig:
     crop_frames: int = 1024  # two halves of 512 frames
-    crops_per_segment: int = 1  # random crops taken from each decoded segment (decoding dominates the cost)
+    crops_per_segment: int = 4  # crops per decoded segment in training (decoding is most of the cost)
+    segment_pool: int = 8  # decoded segments a crop is drawn from at random (mixes batches; 8.4 MB each)
     token_frames: int = 16  # frames per masked "word"
     mask_rate: float = 0.15  # share of tokens selected
     mask_white: float = 0.8  # of the selected: set to 1.0
@@ -40,6 +41,6 @@ class LoaderConfig:
         for name in ("next_prob", "channel_swap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("crops_per_segment", "pair_pool", "shuffle_buffer", "epoch_batches"):
+        for name in ("crops_per_segment", "segment_pool", "pair_pool", "shuffle_buffer", "epoch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

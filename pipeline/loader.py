@@ -18,8 +18,9 @@ A batch is a dict of
 
 ``input`` and ``target`` are frames-major in memory (stride 1 along bins, as the shards store them:
 no transpose on the CPU); ``.contiguous()`` on the device if a kernel needs it. The mask policy
-and pairing are ``pipeline.masking``'s; ``crops_per_segment`` > 1 takes several crops from each
-decoded segment (decoding is most of a crop's cost).
+and pairing are ``pipeline.masking``'s. Training takes ``crops_per_segment`` crops from each
+decoded segment (decoding is most of a crop's cost), drawn at random from the last
+``segment_pool`` decoded segments so that a batch still mixes segments; other splits take one.
 
 Training (``split="train"``) resamples each worker's shards endlessly and ends every epoch after
 ``epoch_batches`` batches on every rank. Other splits read each shard once per pass, in an order
@@ -47,18 +48,29 @@ from configs.audio import AudioConfig
 from configs.loader import LoaderConfig
 from pipeline.manifest import read_manifest
 from pipeline.masking import mask_sample, next_segment_pairs
-from pipeline.stages import SKIP_KINDS, BatchStream, Seeds, Skips, each, long_enough, normalise, random_crop
+from pipeline.stages import (
+    SKIP_KINDS,
+    BatchStream,
+    Seeds,
+    Skips,
+    crop_start,
+    each,
+    interleaved,
+    long_enough,
+    normalise,
+)
 
 
 class Loader:
     """An iterable of batch dicts over a ``BatchStream`` run by DataLoader workers.
 
     Every batch arrives with its worker's cumulative skip counts, which are removed from the batch
-    and kept here: ``stats()`` sums them over the workers.
+    and kept here: ``stats()`` sums them over the workers. Its tensors are reused by the worker
+    once the caller has dropped them (see ``pipeline.stages.BatchRing``).
     """
 
     def __init__(self, stream: BatchStream, num_workers: int, epoch_batches: int | None):
-        self.epoch_batches = epoch_batches
+        self.epoch_batches, self.ring = epoch_batches, stream.ring
         self.loader = wds.WebLoader(
             stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
             persistent_workers=num_workers > 0,
@@ -70,6 +82,7 @@ class Loader:
     def __iter__(self):
         for batch in self.loader:
             self.skipped[batch.pop("worker")] = batch.pop("skipped")
+            self.ring.release_on_drop(batch, batch.pop("ring"))
             yield batch
 
     def __len__(self) -> int:
@@ -95,7 +108,8 @@ def build_loader(shards: list[dict], task, *, batch_size: int, num_workers: int,
         warnings.warn(f"{what}: {mine} shards on rank {rank}, so {mine} workers instead of {num_workers}",
                       stacklevel=2)
         num_workers = mine
-    stream = BatchStream(shards, task, batch_size, seed, rank, world_size, resampled, shuffle_buffer)
+    stream = BatchStream(shards, task, batch_size, seed, rank, world_size, resampled, shuffle_buffer,
+                         workers=num_workers)
     return Loader(stream, num_workers, epoch_batches)
 
 
@@ -108,9 +122,13 @@ def loader_config(config: Config | LoaderConfig | None, options: dict) -> Loader
 def crop_magnitude(sample: dict, frames: int, bins: int, swap: float, rng: np.random.Generator) -> dict:
     """Decoded segment -> ``target`` float16 ``[C, bins, frames]``: a random window, channels swapped
     with probability ``swap``, normalised by the track's max magnitude and clipped to [0, 1]."""
-    record = sample["record"]
-    crop = random_crop(sample["spec"], frames, rng, bins=bins, swap=swap)
-    target = normalise(crop, record["max_magnitude"])
+    record, spec = sample["record"], sample["spec"]
+    start = crop_start(spec.shape[-1], frames, rng)
+    crop = torch.from_numpy(spec[:, :bins, start : start + frames])
+    target = torch.empty_like(crop)
+    order = range(len(crop) - 1, -1, -1) if rng.random() < swap else range(len(crop))
+    for channel, source in enumerate(order):  # no flipped copy
+        normalise(crop[source], record["max_magnitude"], out=target[channel])
     return {"key": sample["key"], "track": str(record["track_id"]), "target": target}
 
 
@@ -127,7 +145,8 @@ class PretrainTask:
                        rng=seeds.numpy("crop"))
         return [
             partial(long_enough, frames=cfg.crop_frames, skips=skips),
-            each(crop, times=cfg.crops_per_segment),
+            partial(interleaved, f=crop, times=cfg.crops_per_segment, pool=cfg.segment_pool,
+                    rng=seeds.numpy("interleave")),
             partial(next_segment_pairs, cfg=cfg, rng=seeds.numpy("pair")),
             each(partial(mask_sample, cfg=cfg, rng=seeds.numpy("mask"))),
         ]
@@ -155,6 +174,8 @@ def build_pretrain_loader(manifest, split: str = "train", batch_size: int = 8, n
         raise ConfigError(f"{manifest}: no spectrogram shards in split {split!r} "
                           f"(splits: {', '.join(splits) or 'none'})")
     train = split == "train"
+    if not train:  # every segment once per pass
+        cfg = dataclasses.replace(cfg, crops_per_segment=1, segment_pool=1)
     return build_loader(
         shards, PretrainTask(cfg, audio.model_bins), batch_size=batch_size, num_workers=num_workers,
         seed=seed, resampled=train, shuffle_buffer=cfg.shuffle_buffer,

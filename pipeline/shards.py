@@ -6,8 +6,9 @@ Record (``<key>.json`` in tar; the ``record`` attribute in zarr):
     track_id, artist, album, title, split, source (file or stems folder), segment, segments,
     start_frame, frames, duration (track seconds), sample_rate, n_fft, hop, max_magnitude (the
     track's max |STFT|, of the mixture for stems: normalise crops by it), kind ("spectrogram" |
-    "stems"), layout ("magnitude" | "complex"), codec (pipeline/codecs.py), members (data member
-    names), shape (stored shape of each member).
+    "stems"), layout ("magnitude" | "complex"), codec (pipeline/codecs.py), checksum (of the tar
+    members' bytes, ``codecs.CHECKSUM``; absent in shards from before Nov 2026), members (data
+    member names), shape (stored shape of each member).
 
 Data members: ``spec`` for a spectrogram sample, one per stem (``mixture``, ``vocals``, ...) for a
 stems sample. Stored time-major (what the STFT produces, no transposes on either side):
@@ -25,9 +26,9 @@ Files: ``<split>-<seq:06d>-<dataset>.tar|.zarr`` (``stems-`` prefix for stems da
 - tar (read by webdataset): ``<key>.json`` + ``<key>.<member>`` holding ``codec.encode`` bytes (no
   pickles); written with the standard library's tarfile, so writers need not import webdataset.
 - zarr v3: one group per shard, one subgroup per sample (attribute ``record``) with one float16 array
-  per member holding ``codec.quantize`` values, chunks of 256 frames (blosc zstd + bit shuffle), one
-  file per array (sharding codec). ``iter_zarr_shard`` yields the tar's raw form with arrays instead
-  of bytes, so one ``decode_sample`` serves both formats.
+  per member holding ``codec.quantize`` values, chunks of 256 frames (``codecs.zarr_compressors``:
+  blosc + crc32c), one file per array (sharding codec). ``iter_zarr_shard`` yields the tar's raw
+  form with arrays instead of bytes, so one ``decode_sample`` serves both formats.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.codecs import Codec, get_codec
+from pipeline.codecs import Codec, get_codec, zarr_compressors
 
 ZARR_CHUNK_FRAMES = 256
 SHARD_NAME = re.compile(r"(stems-)?(train|validation|test)-(\d{6})-([0-9a-f]{8})\.(tar|zarr)")
@@ -113,15 +114,13 @@ class ZarrShard:
         self._root = zarr.open_group(self.temp, mode="w", zarr_format=3)
 
     def write(self, key: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
-        from zarr.codecs import BloscCodec
-
         group = self._root.create_group(key, attributes={"record": record})
-        compressor = BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", typesize=2)
         for name, array in arrays.items():
             chunks = (array.shape[0], ZARR_CHUNK_FRAMES, *array.shape[2:])
             frames = -(-array.shape[1] // ZARR_CHUNK_FRAMES) * ZARR_CHUNK_FRAMES
             group.create_array(name, data=self.codec.quantize(array, record["max_magnitude"]), chunks=chunks,
-                               shards=(array.shape[0], frames, *array.shape[2:]), compressors=compressor)
+                               shards=(array.shape[0], frames, *array.shape[2:]),
+                               compressors=zarr_compressors())
 
     def commit(self) -> int:
         for folder, _, files in os.walk(self.temp):
@@ -168,7 +167,8 @@ def decode_sample(raw: dict) -> dict:
     views = {}
     for name in record["members"]:
         value = raw[name]
-        stored = value if isinstance(value, np.ndarray) else codec.decode(value, record["shape"])
+        stored = value if isinstance(value, np.ndarray) else \
+            codec.decode(value, record["shape"], checksum=record.get("checksum"))
         views[name] = stored.transpose(0, 2, 1) if stored.ndim == 3 else stored.transpose(3, 0, 2, 1)
     out = {"key": raw["__key__"], "record": record}
     if record["kind"] == "stems":

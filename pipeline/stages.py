@@ -7,14 +7,25 @@ taking its random generator explicitly, so tests can call it directly. ``BatchSt
 
 where the task stages (crop, pairing, masking for pretraining; crop and remix for fine-tuning)
 come from the caller. Shards that cannot be read and samples that fail to decode are skipped,
-counted and warned about (no sleep, no crash); the counts travel with every batch.
+counted and warned about (no sleep, no crash); the counts travel with every batch. When nothing
+can be read any more (``MAX_EMPTY_SHARDS`` shards or ``MAX_BAD_SAMPLES`` samples in a row fail),
+the stream raises a RuntimeError naming the last shard and its error instead of retrying forever.
+
+Memory: a crop is 4 MB of float16 and its masked input another 4; fresh memory costs a page fault
+per 4 KB page on first touch (3-5 us each in this VM: 5-10 ms per crop, more than all the
+processing), so a worker keeps what it frees (``keep_freed_memory``) and batches are written into a
+small ring of reused (shared-memory) tensors, ``BatchRing``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import random
+import sys
 import tarfile
 import warnings
+import weakref
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +41,9 @@ from pipeline.shards import decode_sample, iter_zarr_shard
 
 SKIP_KINDS = ("bad_shards", "bad_samples", "short_segments")
 MAX_EMPTY_SHARDS = 100  # consecutive shards without one readable sample: give up (all shards broken)
+MAX_BAD_SAMPLES = 200  # consecutive samples that fail to decode: give up (all samples broken)
+RING_SLOTS = 4  # batch buffers per worker: prefetch_factor (2) in flight, one being filled, one spare
+IN_FLIGHT = -1  # a ring slot's batch is sent and not yet received
 
 
 class Skips:
@@ -81,6 +95,30 @@ def each(f: Callable[[dict], dict], times: int = 1) -> Callable[[Iterable[dict]]
     return stage
 
 
+def interleaved(samples: Iterable[dict], f: Callable[[dict], dict], times: int, pool: int,
+                rng: np.random.Generator) -> Iterator[dict]:
+    """``times`` results of ``f`` per sample, each from a random one of (up to) the last ``pool``
+    samples, so several crops per decoded segment still give mixed batches (``times`` = 1 and
+    ``pool`` = 1 is ``each(f)``). Holds up to ``pool`` decoded samples."""
+    live: list[list] = []  # [sample, results left]
+
+    def draw() -> dict:
+        i = int(rng.integers(len(live)))
+        entry = live[i]
+        entry[1] -= 1
+        if entry[1] == 0:
+            live[i] = live[-1]
+            live.pop()
+        return f(entry[0])
+
+    for sample in samples:
+        live.append([sample, times])
+        while len(live) >= pool:
+            yield draw()
+    while live:
+        yield draw()
+
+
 def shard_order(shards: list[dict], rng: random.Random, resampled: bool) -> Iterator[dict]:
     """Resampled: endless draws with replacement (training); else every shard once, shuffled."""
     if not resampled:
@@ -110,31 +148,44 @@ def open_shard(shard: dict) -> Iterator[dict]:
 def read_shards(shards: Iterable[dict], skips: Skips) -> Iterator[dict]:
     """Raw samples of each shard. A shard that fails to open or read, or ends before the manifest's
     sample count (a truncated tar can end silently), counts as ``bad_shards``; the samples read
-    before the failure are kept."""
+    before the failure are kept. RuntimeError after ``MAX_EMPTY_SHARDS`` shards in a row without a
+    sample."""
     empty = 0
     for shard in shards:
-        count = 0
+        count, why = 0, None
         try:
             for raw in open_shard(shard):
                 count += 1
                 yield raw
         except Exception as err:  # noqa: BLE001 - any failure of a shard is a skip, never a crash
-            skips.add("bad_shards", f"{shard['path']}: {type(err).__name__}: {err}")
+            why = f"{shard['path']}: {type(err).__name__}: {err}"
         else:
             if count < shard["samples"]:
-                skips.add("bad_shards", f"{shard['path']}: {count} of {shard['samples']} samples")
+                why = f"{shard['path']}: {count} of {shard['samples']} samples"
+        if why:
+            skips.add("bad_shards", why)
         empty = 0 if count else empty + 1
         if empty >= MAX_EMPTY_SHARDS:
-            raise RuntimeError(f"{empty} shards in a row had no readable sample (see the warnings)")
+            raise RuntimeError(f"{empty} shards in a row had no readable sample; "
+                               f"the last: {why or shard['path']}")
 
 
 def decode_samples(raws: Iterable[dict], skips: Skips) -> Iterator[dict]:
-    """``decode_sample`` over the stream; a sample that fails to decode counts as ``bad_samples``."""
+    """``decode_sample`` over the stream; a sample that fails to decode counts as ``bad_samples``.
+    RuntimeError (naming the shard and the error) after ``MAX_BAD_SAMPLES`` failures in a row."""
+    failed = 0
     for raw in raws:
         try:
-            yield decode_sample(raw)
+            sample = decode_sample(raw)
         except Exception as err:  # noqa: BLE001 - corrupt bytes raise anything
-            skips.add("bad_samples", f"{raw.get('__key__')}: {type(err).__name__}: {err}")
+            why = f"{raw.get('__url__')}: {raw.get('__key__')}: {type(err).__name__}: {err}"
+            skips.add("bad_samples", why)
+            failed += 1
+            if failed >= MAX_BAD_SAMPLES:
+                raise RuntimeError(f"{failed} samples in a row failed to decode; the last: {why}") from err
+            continue
+        failed = 0
+        yield sample
 
 
 def long_enough(samples: Iterable[dict], frames: int, skips: Skips) -> Iterator[dict]:
@@ -161,45 +212,147 @@ def random_crop(
     return crop.flip(channel_axis) if rng.random() < swap else crop
 
 
-def normalise(magnitude: torch.Tensor, peak: float, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-    """``clip(magnitude / peak, 0, 1)`` as a new ``dtype`` tensor of the same shape and memory order:
-    the model's input in training (float16 batches) and in separation (float32)."""
-    out = torch.empty_like(magnitude, dtype=dtype)
+def normalise(magnitude: torch.Tensor, peak: float, dtype: torch.dtype = torch.float16,
+              out: torch.Tensor | None = None) -> torch.Tensor:
+    """``clip(magnitude / peak, 0, 1)`` as a new ``dtype`` tensor of the same shape and memory order
+    (or into ``out``): the model's input in training (float16 batches) and in separation (float32)."""
+    out = torch.empty_like(magnitude, dtype=dtype) if out is None else out
     torch.mul(magnitude, 1.0 / max(float(peak), 1e-12), out=out)
     return out.clamp_(0.0, 1.0)
 
 
-def stack(values: list[torch.Tensor], shared: bool) -> torch.Tensor:
+def stack(values: list[torch.Tensor], shared: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     """``torch.stack`` that keeps the samples' memory order (a frames-major ``[C, bins, T]`` view
-    stays frames-major: a plain copy instead of a transpose), into shared memory if ``shared``."""
-    first = values[0]
-    order = sorted(range(first.dim()), key=lambda d: -first.stride(d))  # outermost dimension first
-    out = torch.empty((len(values), *(first.shape[d] for d in order)), dtype=first.dtype)
+    stays frames-major: a plain copy instead of a transpose), into ``out`` (as ``stack_buffer``
+    makes it) or a new tensor, in shared memory if ``shared``."""
+    order = memory_order(values[0])
+    if out is None:
+        out = stack_buffer(values[0], len(values), shared)
+    torch.stack([value.permute(order) for value in values], out=out.permute(0, *(1 + d for d in order)))
+    return out
+
+
+def memory_order(x: torch.Tensor) -> list[int]:
+    """``x``'s dimensions from the outermost in memory to the innermost."""
+    return sorted(range(x.dim()), key=lambda d: -x.stride(d))
+
+
+def stack_buffer(like: torch.Tensor, n: int, shared: bool) -> torch.Tensor:
+    """An uninitialised ``[n, *like.shape]`` tensor with ``like``'s memory order, shared if ``shared``."""
+    order = memory_order(like)
+    out = torch.empty((n, *(like.shape[d] for d in order)), dtype=like.dtype)
     out = out.share_memory_() if shared else out
-    torch.stack([value.permute(order) for value in values], out=out)
-    return out.permute(0, *(1 + order.index(d) for d in range(first.dim())))
+    return out.permute(0, *(1 + order.index(d) for d in range(like.dim())))
 
 
-def collate(samples: list[dict]) -> dict:
-    """Samples -> a batch: tensors stacked ``[B, ...]`` (in a worker straight into shared memory, so
-    they cross to the main process without another copy), bools and numbers as tensors, the rest
-    (strings) as lists."""
-    batch = {}
-    for name, first in samples[0].items():
-        values = [sample[name] for sample in samples]
-        if isinstance(first, torch.Tensor):
-            batch[name] = stack(values, shared=get_worker_info() is not None)
-        elif isinstance(first, (bool, int, float)):
-            batch[name] = torch.tensor(values)
-        else:
-            batch[name] = values
-    return batch
+class BatchRing:
+    """Reused shared-memory batch tensors of DataLoader workers: ``RING_SLOTS`` slots per worker,
+    each slot a dict of stacked tensors (without workers, every batch gets new tensors).
+
+    A slot is reused only after the consumer has dropped every tensor of the batch it held.
+    ``board`` (int32 ``[workers, RING_SLOTS]``, shared memory, made before the workers start) says
+    per slot: 0 free; ``IN_FLIGHT`` sent by the worker; n > 0 received by the consumer, which
+    counts it down as the n tensors' storages are freed (``release_on_drop``; at once for batches
+    ``pin_memory`` has copied). Batches the DataLoader drops unseen when a pass ends early (its
+    prefetched batches) stay ``IN_FLIGHT``: a worker frees those when its next pass starts
+    (``new_pass``; the DataLoader has drained them by then). When no slot is free the batch gets
+    new tensors, so a consumer may keep batches as long as it likes.
+    """
+
+    def __init__(self, workers: int):
+        self.board = torch.zeros(max(workers, 1), RING_SLOTS, dtype=torch.int32).share_memory_()
+        self.slots: list[dict[str, torch.Tensor]] = [{} for _ in range(RING_SLOTS)]
+        self.next = 0
+
+    def collate(self, samples: list[dict]) -> dict:
+        """Samples -> a batch: tensors stacked ``[B, ...]`` into a free slot (in a worker: shared
+        memory, so they cross to the main process without another copy), bools and numbers as
+        tensors, the rest (strings) as lists; ``ring`` says which slot holds the batch (or None)."""
+        worker, _ = worker_info()
+        shared = get_worker_info() is not None
+        slot = self.free_slot(worker) if shared else None  # in-process, the ring's own reference would pin it
+        batch, stacked = {}, []
+        for name, first in samples[0].items():
+            values = [sample[name] for sample in samples]
+            if isinstance(first, torch.Tensor):
+                out = self.buffer(slot, name, first, len(values), shared) if slot is not None else None
+                batch[name] = stack(values, shared, out)
+                stacked.append(name)
+            elif isinstance(first, (bool, int, float)):
+                batch[name] = torch.tensor(values)
+            else:
+                batch[name] = values
+        if slot is not None:
+            self.board.numpy()[worker, slot] = IN_FLIGHT
+        batch["ring"] = None if slot is None else (worker, slot, stacked)
+        return batch
+
+    def new_pass(self, worker: int) -> None:
+        """In a worker starting a pass: free the slots of batches the consumer never received."""
+        board = self.board.numpy()[worker]
+        board[board == IN_FLIGHT] = 0
+
+    def free_slot(self, worker: int) -> int | None:
+        board = self.board.numpy()[worker]
+        for i in range(RING_SLOTS):
+            slot = (self.next + i) % RING_SLOTS
+            if board[slot] == 0:
+                self.next = slot + 1
+                return slot
+        return None
+
+    def buffer(self, slot: int, name: str, like: torch.Tensor, n: int, shared: bool) -> torch.Tensor:
+        """The slot's tensor for ``name``, (re)made when the samples' shape, type or order changed."""
+        out = self.slots[slot].get(name)
+        if out is None or out.shape != (n, *like.shape) or out.dtype != like.dtype or \
+                memory_order(out[0]) != memory_order(like):
+            out = self.slots[slot][name] = stack_buffer(like, n, shared)
+        return out
+
+    def release_on_drop(self, batch: dict, ring: tuple | None) -> None:
+        """In the consumer: free the batch's slot once its stacked tensors are all gone."""
+        if ring is None:
+            return
+        worker, slot, names = ring
+        board = self.board.numpy()
+        if all(batch[name].is_pinned() for name in names):  # pin_memory copied them: the slot is free
+            board[worker, slot] = 0
+            return
+        board[worker, slot] = len(names)
+        for name in names:
+            weakref.finalize(batch[name].untyped_storage(), _count_down, board, worker, slot)
+
+
+def _count_down(board, worker: int, slot: int) -> None:
+    board[worker, slot] -= 1
 
 
 def with_skips(batches: Iterable[dict], skips: Skips, worker: int) -> Iterator[dict]:
     """Attach the worker's cumulative skip counts (``skipped``) and its id (``worker``) to every batch."""
     for batch in batches:
         yield {**batch, "skipped": dict(skips.counts), "worker": worker}
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed memory for reuse (no trimming, no mmap below 32 MB), so per-sample
+    arrays of a few MB land on pages already faulted in. For a loader worker process only: its
+    memory stays at its peak. A no-op off glibc."""
+    if not sys.platform.startswith("linux") or not ctypes.util.find_library("c"):
+        return
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(m_trim_threshold, 1 << 30)
+        libc.mallopt(m_mmap_threshold, 32 << 20)
+
+
+def setup_worker() -> None:
+    """A DataLoader worker is one core: one thread in blosc (torch's threads are set by the
+    DataLoader), and freed memory kept."""
+    from numcodecs import blosc
+
+    blosc.use_threads = False
+    keep_freed_memory()
 
 
 class BatchStream(IterableDataset):
@@ -214,16 +367,20 @@ class BatchStream(IterableDataset):
     """
 
     def __init__(self, shards: list[dict], task: Callable, batch_size: int, seed: int, rank: int,
-                 world_size: int, resampled: bool, shuffle_buffer: int):
+                 world_size: int, resampled: bool, shuffle_buffer: int, workers: int = 0):
         super().__init__()
         self.shards, self.task, self.batch_size, self.seed = shards, task, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.resampled, self.shuffle_buffer = resampled, shuffle_buffer
         self.epoch = 0
         self.skips = Skips()
+        self.ring = BatchRing(workers)
 
     def __iter__(self) -> Iterator[dict]:
         worker, workers = worker_info()
+        if get_worker_info() is not None:
+            setup_worker()
+            self.ring.new_pass(worker)
         seeds = Seeds(self.seed, self.rank, worker, self.epoch)
         self.epoch += int(self.resampled)
         shards = self.shards[self.rank :: self.world_size][worker::workers]
@@ -233,7 +390,7 @@ class BatchStream(IterableDataset):
             wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=seeds.python("shuffle")),
             partial(decode_samples, skips=self.skips),
             *self.task(seeds, self.skips),
-            wds.batched(self.batch_size, collation_fn=collate, partial=not self.resampled),
+            wds.batched(self.batch_size, collation_fn=self.ring.collate, partial=not self.resampled),
             partial(with_skips, skips=self.skips, worker=worker),
         )
         return iter(pipeline)

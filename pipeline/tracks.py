@@ -9,6 +9,7 @@ import numpy as np
 from configs import Config
 from configs.audio import AudioConfig
 from pipeline.audio import AudioError, num_frames, read_audio, stft_blocks
+from pipeline.codecs import CHECKSUM
 from pipeline.shards import sample_key
 
 FLOAT16_SAFE = 60000.0  # magnitudes above this overflow float16 (audio far above full scale)
@@ -91,7 +92,7 @@ def track_samples(item: dict, track: Track, cfg: Config) -> list[tuple[str, dict
         "duration": round(track.seconds, 3), "sample_rate": audio.sample_rate, "n_fft": audio.n_fft,
         "hop": audio.hop, "max_magnitude": track.peak, "kind": item["kind"],
         "layout": "complex" if first.ndim == 4 else "magnitude", "codec": cfg.ingest.codec,
-        "members": list(track.arrays),
+        "checksum": CHECKSUM, "members": list(track.arrays),
     }
     return [
         (sample_key(item["id"], segment),

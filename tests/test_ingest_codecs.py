@@ -73,8 +73,22 @@ def test_decode_rejects_a_wrong_shape_and_truncated_bytes(magnitude):
     data = codec.encode(array, peak)
     with pytest.raises(ValueError, match="do not hold"):
         codec.decode(data, (2, 3, 4))
-    with pytest.raises(ValueError, match="header says"):
+    with pytest.raises(ValueError, match="checksum mismatch"):
         codec.decode(data[: len(data) // 2], array.shape)
+    with pytest.raises(ValueError, match="header says"):  # without a checksum, blosc's header tells
+        codec.decode(data[: len(data) // 2], array.shape, checksum=None)
+
+
+def test_flipped_bytes_are_detected_and_bytes_without_a_checksum_still_decode(magnitude):
+    array, peak = magnitude
+    codec = get_codec("f16r6")
+    data = bytearray(codec.encode(array, peak))
+    expected = codec.quantize(array, peak).view(np.uint16)
+    legacy = bytes(data[:-4])  # shards written before the checksum
+    assert np.array_equal(codec.decode(legacy, array.shape, checksum=None).view(np.uint16), expected)
+    data[len(data) // 2] ^= 0x04  # one bit in the middle of the compressed stream
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        codec.decode(bytes(data), array.shape)
 
 
 def test_unknown_codec_names_the_valid_ones():

@@ -6,6 +6,7 @@ one track per shard: 8 train shards, 4 validation shards); crops are 128 frames,
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -211,35 +212,72 @@ def test_zarr_shards_give_the_same_batches_as_tar(tar_manifest, zarr_manifest):
         assert torch.equal(x["input"], y["input"]) and torch.equal(x["target"], y["target"])
 
 
-def corrupt_copies(manifest: Path, out: Path) -> Path:
-    """Three train shards: one with the first data member's bytes flipped, one truncated, one intact."""
-    contents = read_manifest(manifest)
+def flip_bytes(path: str, members: int | None = 1) -> list[str]:
+    """Flip 16 bytes in the middle of the first ``members`` data members (None: all) of a tar shard,
+    where only a checksum can tell (the compressed stream); return their sample keys."""
+    with tarfile.open(path) as archive:
+        data = [m for m in archive if m.name.endswith(".spec")][:members]
+    with open(path, "r+b") as f:
+        for member in data:
+            f.seek(member.offset_data + member.size // 2)
+            flipped = bytes(b ^ 0xFF for b in f.read(16))
+            f.seek(member.offset_data + member.size // 2)
+            f.write(flipped)
+    return [m.name.partition(".")[0] for m in data]
+
+
+def copy_shards(manifest: Path, out: Path, n: int | None = None) -> list[dict]:
     shards = []
-    for shard in contents.shards("train")[:3]:
+    for shard in read_manifest(manifest).shards("train")[:n]:
         path = out / Path(shard["path"]).name
         shutil.copy(shard["path"], path)
         shards.append({**shard, "path": str(path)})
-    with tarfile.open(shards[0]["path"]) as archive:
-        member = next(m for m in archive if m.name.endswith(".spec"))
-    with open(shards[0]["path"], "r+b") as f:
-        f.seek(member.offset_data)
-        f.write(bytes(b ^ 0xFF for b in f.read(16)))
-    os.truncate(shards[1]["path"], os.path.getsize(shards[1]["path"]) // 2)
-    return write_manifest(out / "manifest.jsonl", contents.config, shards)
+    return shards
 
 
 def test_corrupt_shards_are_skipped_and_counted(tar_manifest, tmp_path):
-    manifest = corrupt_copies(tar_manifest, tmp_path)
-    with pytest.raises(Exception):  # noqa: B017 - the flipped member really is undecodable
-        next(iter_shard(read_manifest(manifest).shards()[0]["path"]))
+    """Three train shards: one with bytes flipped in its first data member, one truncated, one intact."""
+    shards = copy_shards(tar_manifest, tmp_path, 3)
+    [corrupt] = flip_bytes(shards[0]["path"])
+    os.truncate(shards[1]["path"], os.path.getsize(shards[1]["path"]) // 2)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", read_manifest(tar_manifest).config, shards)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        next(iter_shard(shards[0]["path"]))
     train = loader(manifest, batch_size=4, epoch_batches=8)
     with pytest.warns(RuntimeWarning, match="loader skipped"):
         batches = list(train)
     assert len(batches) == 8
+    assert not any(corrupt in batch["key"] for batch in batches), "a corrupt sample is never returned"
     stats = train.stats()
     assert stats["bad_samples"] >= 1 and stats["bad_shards"] >= 1
     workers = loader(manifest, batch_size=4, num_workers=2, epoch_batches=8)
     assert len(list(workers)) == 8 and workers.stats()["bad_shards"] + workers.stats()["bad_samples"] >= 1
+
+
+def test_a_loader_of_only_corrupt_samples_raises_naming_a_shard(tar_manifest, tmp_path):
+    shards = copy_shards(tar_manifest, tmp_path)
+    for shard in shards:
+        flip_bytes(shard["path"], members=None)
+    manifest = write_manifest(tmp_path / "manifest.jsonl", read_manifest(tar_manifest).config, shards)
+    train = loader(manifest, batch_size=4, epoch_batches=2)
+    with pytest.warns(RuntimeWarning), \
+            pytest.raises(RuntimeError, match=r"in a row failed to decode; the last: .*\.tar: .*checksum"):
+        list(train)
+
+
+def test_worker_batches_are_never_overwritten_while_held(tar_manifest):
+    """Workers reuse the shared memory of batches the consumer has dropped (pipeline.stages.BatchRing):
+    a batch kept over later batches and epochs keeps its values, and dropped batches free their slots."""
+    train = loader(tar_manifest, num_workers=2, epoch_batches=6)
+    held = None
+    for _ in range(3):  # epochs: prefetched batches the DataLoader drops unseen are freed too
+        for batch in train:
+            if held is None:
+                held, copy = batch, {name: batch[name].clone() for name in ("input", "target", "masked")}
+    assert all(torch.equal(held[name], value) for name, value in copy.items())
+    del batch, held
+    gc.collect()
+    assert (train.ring.board <= 0).all(), "every received batch released its slot"
 
 
 def _ddp_rank(rank: int, port: int, manifest: str, out: str):

@@ -120,7 +120,8 @@ def _finetune_summary(run_dir: Path) -> None:
     for r in validation_history(run_dir):
         click.echo(f"step {r['step']:>6}: validation uSDR instrumental {r['usdr_instrumental']:6.2f} dB, "
                    f"vocals {r['usdr_vocals']:6.2f} dB (mixture floor {r['floor_usdr_instrumental']:.2f} / "
-                   f"{r['floor_usdr_vocals']:.2f} dB)")
+                   f"{r['floor_usdr_vocals']:.2f} dB, best gain {r['gain_usdr_instrumental']:.2f} / "
+                   f"{r['gain_usdr_vocals']:.2f} dB)")
 
 
 @main.command()

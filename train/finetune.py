@@ -44,7 +44,8 @@ from train.trainer import launch
 Batch = dict[str, Tensor]
 ENCODER = "encoders."  # parameter names of the encoder levels
 SILENT_DB = -60.0  # a stem this far below the mixture is silent: no uSDR for its track
-VAL_METRICS = ("usdr_instrumental", "usdr_vocals", "floor_usdr_instrumental", "floor_usdr_vocals")
+VAL_METRICS = ("usdr_instrumental", "usdr_vocals", "floor_usdr_instrumental", "floor_usdr_vocals",
+               "gain_usdr_instrumental", "gain_usdr_vocals")
 
 
 def finetune_config(cfg: Config) -> Config:
@@ -99,55 +100,38 @@ def load_init(model: nn.Module, source: str | Path) -> InitReport:
                       [n for n in tensors if n not in state], mismatched)
 
 
-class StemsData:
-    """Training crops and validation segments of a stems manifest (``pipeline.stems_loader``)."""
-
-    def __init__(self, cfg: Config, manifest: str | Path):
-        self.cfg, self.manifest = cfg, manifest
-        self._done: Counter = Counter()
-        self._current = None
-
-    def train(self, epoch: int):
-        from pipeline.stems_loader import build_stems_loader
-
-        self._done.update(self.stats())
-        tc = self.cfg.train
-        self._current = build_stems_loader(self.manifest, self.cfg, "train", tc.batch_size, tc.num_workers,
-                                           derive_seed(tc.seed, 0, epoch))
-        return self._current
-
-    def val(self):
-        from pipeline.stems_loader import build_segments_loader
-
-        tc = self.cfg.train
-        return build_segments_loader(self.manifest, self.cfg, self.cfg.finetune.val_split,
-                                     min(tc.num_workers, 1), derive_seed(tc.seed, 1))
-
-    def stats(self) -> dict[str, float]:
-        current = self._current.stats() if self._current is not None else {}
-        return dict(self._done + Counter(current))
-
-
 class FinetuneTask:
-    """``train.trainer.Task`` for vocal removal on ``data``; ``init`` as ``load_init``'s ``source``,
-    applied unless ``run_dir`` already holds a checkpoint (a resumed run); the report is printed and
-    written to ``run_dir/init.json``."""
+    """``train.trainer.Task`` for vocal removal on the stems shards of ``manifest``.  ``init`` as
+    ``load_init``'s ``source``, applied unless ``run_dir`` already holds a checkpoint (a resumed run); its
+    report is logged and written to ``run_dir/init.json``."""
 
-    def __init__(self, cfg: Config, data: StemsData, init: str | Path | None = None,
+    def __init__(self, cfg: Config, manifest: str | Path, init: str | Path | None = None,
                  run_dir: str | Path | None = None, log: Callable[[str], None] = print):
-        self.cfg, self.ft, self.data, self.init, self.log = cfg, cfg.finetune, data, init, log
+        self.cfg, self.ft, self.manifest, self.init, self.log = cfg, cfg.finetune, manifest, init, log
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.frozen = False
         self.init_report: InitReport | None = None
+        self._skipped: Counter = Counter()  # loader skips of the finished epochs
+        self._loader = None
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
-        return self.data.train(epoch)
+        from pipeline.stems_loader import build_stems_loader
+
+        self._skipped.update(self.stats())
+        tc = self.cfg.train
+        self._loader = build_stems_loader(self.manifest, self.cfg, "train", tc.batch_size, tc.num_workers,
+                                          derive_seed(tc.seed, 0, epoch))
+        return self._loader
 
     def val_batches(self) -> Iterable[Batch]:
-        return self.data.val()
+        from pipeline.stems_loader import build_segments_loader
+
+        tc = self.cfg.train
+        return build_segments_loader(self.manifest, self.cfg, self.ft.val_split, min(tc.num_workers, 1),
+                                     derive_seed(tc.seed, 1))
 
     def stats(self) -> dict[str, float]:
-        return self.data.stats()
+        return dict(self._skipped + Counter(self._loader.stats() if self._loader is not None else {}))
 
     def build_models(self) -> dict[str, nn.Module]:
         model = build_model(self.cfg)
@@ -200,7 +184,8 @@ class FinetuneTask:
 
     def validate(self, models: dict[str, nn.Module], batches: Iterable[Batch]) -> dict[str, float]:
         """uSDR (dB) of the separated instrumental and vocals on whole validation tracks (the segments
-        seen, joined per track; mean over tracks), and of the mixture as the estimate (the floor).
+        seen, joined per track; mean over tracks), of the mixture as the estimate (the floor), and of the
+        mixture times the best single gain per track (what a constant mask reaches at best).
 
         Tracks where a stem is silent (below ``SILENT_DB`` of the mixture: an instrumental track) have no
         finite uSDR and are left out; ``val_tracks`` counts the tracks scored."""
@@ -222,8 +207,10 @@ class FinetuneTask:
             if any(silent(w[stem], w["mixture"]) for stem in ("instrumental", "vocals")):
                 continue
             for stem in ("instrumental", "vocals"):
-                scores[f"usdr_{stem}"].append(usdr(w[stem], w[f"estimate_{stem}"]))
-                scores[f"floor_usdr_{stem}"].append(usdr(w[stem], w["mixture"]))
+                reference, mixture = w[stem], w["mixture"]
+                scores[f"usdr_{stem}"].append(usdr(reference, w[f"estimate_{stem}"]))
+                scores[f"floor_usdr_{stem}"].append(usdr(reference, mixture))
+                scores[f"gain_usdr_{stem}"].append(usdr(reference, best_gain(reference, mixture) * mixture))
         metrics = {name: float(np.mean(scores[name])) if scores else float("nan") for name in VAL_METRICS}
         return {**metrics, "val_tracks": float(len(scores["usdr_vocals"]))}
 
@@ -253,6 +240,12 @@ class FinetuneTask:
                 "predicted instrumental": db_image((mask * x)[0]), "mask": mask[0].numpy()}
 
 
+def best_gain(reference: np.ndarray, mixture: np.ndarray) -> float:
+    """The gain ``g`` that minimises ``|reference - g * mixture|^2``."""
+    energy = float(np.sum(np.square(mixture, dtype=np.float64)))
+    return float(np.sum(reference.astype(np.float64) * mixture)) / max(energy, 1e-20)
+
+
 def silent(stem: np.ndarray, mixture: np.ndarray) -> bool:
     """``stem`` is more than ``-SILENT_DB`` dB below ``mixture`` (energies)."""
     return float(np.sum(np.square(stem, dtype=np.float64))) < 10 ** (SILENT_DB / 10) * float(
@@ -268,8 +261,7 @@ def finetune(cfg: Config, manifest: str | Path, run_dir: str | Path, init: str |
              resume: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> int:
     """A whole fine-tuning job (one rank under ``torchrun``); the exit code of ``train.trainer.launch``."""
     cfg = finetune_config(cfg)
-    return launch(lambda c: FinetuneTask(c, StemsData(c, manifest), init, run_dir, log), cfg, Path(run_dir),
-                  resume, device)
+    return launch(lambda c: FinetuneTask(c, manifest, init, run_dir, log), cfg, Path(run_dir), resume, device)
 
 
 def validation_history(run_dir: str | Path) -> list[dict]:

@@ -11,7 +11,7 @@ stage rows in CPU time per crop, a segment's reading and decoding shared by its 
     read tar (webdataset)   webdataset.WebDataset over the tar shards: raw bytes, nothing decoded
     read tar (loader)       the loader's reader (pipeline.stages.tar_samples), raw bytes
     decode                  pipeline.shards.decode_sample (checksum + zstd + codec)
-    crop / pairs / mask     the loader's stages, each alone
+    normalise / crop / pairs / mask    the loader's stages, each alone
     collate (shared ring)   stacking input, target and masks into a reused shared-memory batch, as a
                             worker does; then "processing" = decode .. collate against reading
     loader tar|zarr, W=n    the whole pipeline: W=0 runs in this process (one core does everything),
@@ -38,11 +38,11 @@ import webdataset as wds
 
 from configs import load_config
 from configs.loader import LoaderConfig
-from pipeline.loader import build_pretrain_loader, crop_magnitude
+from pipeline.loader import build_pretrain_loader, crop_magnitude, normalise_segment
 from pipeline.manifest import read_manifest
 from pipeline.masking import mask_sample, next_segment_pairs
 from pipeline.shards import decode_sample
-from pipeline.stages import BatchRing, setup_worker, tar_samples
+from pipeline.stages import RING_SLOTS, BatchRing, setup_worker, tar_samples
 
 
 def ingest(data: Path) -> dict[str, Path]:
@@ -90,7 +90,9 @@ def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
     read = timed("read tar (loader)", lambda url: list(tar_samples(url)), urls, rows, per_url)
     cost = timed("decode", decode_sample, raws, rows, crops_per_segment)
     cfg, rng = LoaderConfig(), np.random.default_rng(0)
-    decoded = [decode_sample(raw) for raw in raws] * crops_per_segment
+    decoded = [decode_sample(raw) for raw in raws]
+    cost += timed("normalise", normalise_segment, decoded, rows, crops_per_segment)
+    decoded = [normalise_segment(sample) for sample in decoded] * crops_per_segment
     crop = partial(crop_magnitude, frames=cfg.crop_frames, bins=1024, swap=cfg.channel_swap, rng=rng)
     cost += timed("crop", crop, decoded, rows)
     crops = [crop(sample) for sample in decoded]
@@ -108,6 +110,8 @@ def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
         ring.board.zero_()  # the main process has dropped the batch
 
     with as_worker():
+        for group in groups[:RING_SLOTS]:  # first use of each slot: page faults, once per worker
+            collate(group)
         cost += timed("collate (shared ring)", collate, groups, rows, 8)
     rows.append(f"processing (decode .. collate) {1e3 * cost:6.2f} ms per crop = "
                 f"{cost / read:5.1f}x reading (loader) = {cost / wds_read:5.2f}x reading (webdataset)")
@@ -139,7 +143,7 @@ def loader_row(name: str, manifest: Path, workers: int, batches: int, crops_per_
     loader = build_pretrain_loader(manifest, batch_size=8, num_workers=workers, seed=0, epoch_batches=batches,
                                    crops_per_segment=crops_per_segment)
     it = iter(loader)
-    for _ in range(min(4, batches - 1)):  # start-up: workers, shuffle buffer
+    for _ in range(min(2 * RING_SLOTS * max(workers, 1), batches // 2)):  # start-up: workers, buffers
         next(it)
     main = psutil.Process()
     procs = main.children() if workers else [main]

@@ -71,13 +71,15 @@ def select_tokens(
     n_tokens: int, cfg: LoaderConfig, rng: np.random.Generator, exclude: Iterable[int] = ()
 ) -> np.ndarray:
     """Kinds of the ``n_tokens`` tokens, int8 ``[n_tokens]``: 0 (not selected), WHITE, NOISE or KEEP."""
-    eligible = np.setdiff1d(np.arange(n_tokens), list(exclude))
-    chosen = eligible[rng.random(len(eligible)) < cfg.mask_rate]
-    if len(chosen) == 0:
-        chosen = rng.choice(eligible, 1)
+    eligible = np.ones(n_tokens, dtype=bool)
+    eligible[list(exclude)] = False
+    chosen = eligible & (rng.random(n_tokens) < cfg.mask_rate)
+    if not chosen.any():
+        chosen[rng.choice(np.flatnonzero(eligible))] = True
+    draws = rng.random(int(chosen.sum()))
     kinds = np.zeros(n_tokens, dtype=np.int8)
-    split = [cfg.mask_white, cfg.mask_noise, cfg.mask_keep]
-    kinds[chosen] = rng.choice([WHITE, NOISE, KEEP], size=len(chosen), p=split)
+    kinds[chosen] = np.where(draws < cfg.mask_white, WHITE,
+                             np.where(draws < cfg.mask_white + cfg.mask_noise, NOISE, KEEP))
     return kinds
 
 

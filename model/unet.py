@@ -16,6 +16,26 @@ from model.blocks import EvolvedBlock
 from model.heads import MaskHead, NextSegmentHead
 
 
+class FrameConv(nn.Conv2d):
+    """A (k, 1) convolution with stride (s, 1), "same" padding along frequency, no bias.
+
+    ``[B, Cin, F, T] -> [B, Cout, F / s, T]``.  With few channels (``Cin * Cout <= 64``) it runs in
+    channels_last memory format, which oneDNN computes 2-5x faster on CPU for such convolutions (and
+    slower for wide ones); the output is converted back, since BatchNorm over few channels is several
+    times slower in channels_last.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+        padding = (kernel_size // 2, 0)
+        super().__init__(in_channels, out_channels, (kernel_size, 1), (stride, 1), padding, bias=False)
+        self.channels_last = in_channels * out_channels <= 64
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.channels_last:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def frame_convs(in_channels: int, channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:
     """Two (k, 1) convs with BatchNorm and GELU, the second with stride (s, 1).
 
@@ -23,8 +43,7 @@ def frame_convs(in_channels: int, channels: int, kernel_size: int, stride: int =
     """
     layers: list[nn.Module] = []
     for cin, s in ((in_channels, 1), (channels, stride)):
-        conv = nn.Conv2d(cin, channels, (kernel_size, 1), (s, 1), (kernel_size // 2, 0), bias=False)
-        layers += [conv, nn.BatchNorm2d(channels), nn.GELU()]
+        layers += [FrameConv(cin, channels, kernel_size, s), nn.BatchNorm2d(channels), nn.GELU()]
     return nn.Sequential(*layers)
 
 

@@ -41,7 +41,7 @@ from configs.finetune import FinetuneConfig
 from pipeline.loader import Loader, build_loader
 from pipeline.manifest import read_manifest
 from pipeline.shards import to_complex
-from pipeline.stages import Seeds, Skips, crop_start, each, long_enough, normalise
+from pipeline.stages import BatchStream, Seeds, Skips, crop_start, each, long_enough, normalise
 
 
 def stems_pair(stems: dict[str, np.ndarray], bins: int, start: int,
@@ -165,9 +165,9 @@ def build_stems_loader(manifest: str | Path, cfg: Config, split: str = "train", 
 
 def build_segments_loader(manifest: str | Path, cfg: Config, split: str, num_workers: int = 1,
                           seed: int = 0) -> Loader:
-    """Every whole segment of ``split`` once, one per batch, in an order fixed by ``seed``."""
+    """Every whole segment of ``split`` once, one per batch, in an order fixed by ``seed``.  Not split over
+    DDP ranks: validation sets are small (often one shard), and every rank then scores the same tracks."""
     shards, audio, _ = stems_shards(manifest, split)
-    return build_loader(shards, StemsTask(cfg, audio.bins, train=False), batch_size=1,
-                        num_workers=num_workers, seed=seed, resampled=False, shuffle_buffer=1,
-                        epoch_batches=None,
-                        what=f"{manifest} ({split})")
+    stream = BatchStream(shards, StemsTask(cfg, audio.bins, train=False), batch_size=1, seed=seed, rank=0,
+                         world_size=1, resampled=False, shuffle_buffer=1)
+    return Loader(stream, min(num_workers, len(shards)), epoch_batches=None)

@@ -192,8 +192,10 @@ def test_a_finetune_of_the_tiny_model_beats_the_mixture_floor(manifest, tmp_path
     val = [r for r in val if r["split"] == "val"]
     assert [r["step"] for r in val] == [30, 60] and val[-1]["val_tracks"] == 1
     last = val[-1]
-    assert last["usdr_instrumental"] > last["floor_usdr_instrumental"] + 1.0, val
-    assert last["usdr_vocals"] > last["floor_usdr_vocals"] + 1.0, val
+    assert last["usdr_instrumental"] > last["floor_usdr_instrumental"] + 1.5, val
+    assert last["usdr_vocals"] > last["floor_usdr_vocals"] + 3.0, val
+    # and more than a constant mask can do: it separates
+    assert last["usdr_instrumental"] > last["gain_usdr_instrumental"], val
     assert "validation uSDR instrumental" in result.output
 
 
@@ -226,3 +228,4 @@ def test_the_python_api_is_importable_from_anywhere(tmp_path):
 def test_config_has_a_finetune_section():
     cfg = load_config("tiny", ["finetune.lr=0.01"])
     assert isinstance(cfg, Config) and cfg.finetune.lr == 0.01 and cfg.finetune.steps == 100
+    assert cfg.train.lr == 1e-3  # the pretraining schedule is another fact

@@ -9,7 +9,8 @@ normalised magnitudes).  The model's mask ``m`` keeps the instrumental:
 was loaded, new and unused).  With ``finetune.freeze_encoder_steps`` the encoder levels get no gradient for
 the first steps (their BatchNorm statistics still adapt).  Validation separates whole stored segments of
 the validation tracks as ``specbert separate`` does (``ChunkedMasker`` over ``loader.crop_frames`` chunks,
-mixture phase) and reports the uSDR of both stems and of the mixture as the estimate (the floor).
+mixture phase) and reports the uSDR of both stems, of the mixture as the estimate (the floor) and of the
+mixture times the best single gain (all a constant mask can do).
 
     finetune(cfg, "stems/manifest.jsonl", "runs/ft", init="runs/pre")   # -> exit code, as launch()
 """

@@ -47,7 +47,13 @@ LOCAL_CLUSTER_CONFIG = {
     # 1.5x the CPU time of the STFT pipeline; and its profiler samples every 10 ms
     "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
     "distributed.worker.profile.enabled": False,
+    # an idle 2-worker cluster polled 12 % of a core (event-loop ticks every 20 ms, memory monitors
+    # every 100 ms, system monitors every 500 ms); with these, 2.5 %
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.worker.memory.monitor-interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
 }
+TASKS_PER_WORKER = 4  # a small library is cut into more, smaller shards so every worker has work
 
 
 @dataclass
@@ -238,19 +244,25 @@ def estimate_bytes(item: dict, cfg: Config) -> int:
     return int(raw * get_codec(ingest.codec).typical_ratio)
 
 
-def _groups(pending: list[dict], cfg: Config) -> Iterable[tuple[str, list[dict], int]]:
-    """``(split, items, estimated bytes)`` per shard: albums kept together, ~``shard_bytes`` each."""
+def _groups(pending: list[dict], cfg: Config, workers: int) -> list[tuple[str, list[dict], int]]:
+    """``(split, items, estimated bytes)`` per shard, largest first (the last tasks are the short
+    ones): albums kept together, ~``shard_bytes`` each, or less when that leaves a worker fewer
+    than ``TASKS_PER_WORKER`` tasks."""
+    estimates = {item["path"]: estimate_bytes(item, cfg) for item in pending}
+    target = min(cfg.ingest.shard_bytes, sum(estimates.values()) // (TASKS_PER_WORKER * workers) + 1)
     order = sorted(pending, key=lambda i: (i["split"], i["artist"], i["album"], i["path"]))
+    groups = []
     for split, items in itertools.groupby(order, key=lambda i: i["split"]):
         group, total = [], 0
         for item in items:
             group.append(item)
-            total += estimate_bytes(item, cfg)
-            if total >= cfg.ingest.shard_bytes:
-                yield split, group, total
+            total += estimates[item["path"]]
+            if total >= target:
+                groups.append((split, group, total))
                 group, total = [], 0
         if group:
-            yield split, group, total
+            groups.append((split, group, total))
+    return sorted(groups, key=lambda group: -group[2])
 
 
 def _run(client, pending, rotation, cfg, previous, writer, summary, progress) -> None:
@@ -270,7 +282,7 @@ def _run(client, pending, rotation, cfg, previous, writer, summary, progress) ->
         return future
 
     futures: dict = {}
-    for split, items, estimate in _groups(pending, cfg):
+    for split, items, estimate in _groups(pending, cfg, _worker_count(client)):
         submit(split, items, estimate)
     done = as_completed(list(futures))
     with tqdm(total=len(pending), unit="track", disable=not progress, desc="ingest") as bar:

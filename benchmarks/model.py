@@ -6,6 +6,11 @@
 FLOPs are counted analytically by ``model.flops.forward_flops`` (linear and convolution layers, the
 attention matmuls; not norms and activations); a backward pass costs twice the forward.  The vanilla
 reference has, for each d_model of our blocks, as many vanilla layers as we have blocks of that width.
+
+Timing: the two models take turns step by step and each keeps its fastest step (a load change on a
+shared machine hits both alike).  ``--clock cpu --threads 1`` times the main thread's CPU time, which
+leaves out the time the process waits for a core on a busy machine (memory-bandwidth contention
+remains); the default is wall time.
 """
 
 from __future__ import annotations
@@ -58,11 +63,14 @@ class VanillaStack(nn.Module):
         )
 
 
-def one_step(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> float:
-    """Seconds of one forward+backward of ``model(x)`` (first output averaged)."""
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
+def one_step(model: nn.Module, x: torch.Tensor, bf16: bool = False, clock: str = "wall") -> float:
+    """Seconds of one forward+backward of ``model(x)`` (first output averaged) by ``CLOCKS[clock]``."""
     if x.is_cuda:
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    start = CLOCKS[clock]()
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
     loss = (out[0] if isinstance(out, tuple) else out).float().mean()
@@ -70,10 +78,12 @@ def one_step(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> float:
     if x.is_cuda:
         torch.cuda.synchronize()
     model.zero_grad(set_to_none=True)
-    return time.perf_counter() - start
+    return CLOCKS[clock]() - start
 
 
-def step_times(runs: list[tuple[nn.Module, torch.Tensor]], repeats: int, bf16: bool = False) -> list[float]:
+def step_times(
+    runs: list[tuple[nn.Module, torch.Tensor]], repeats: int, bf16: bool = False, clock: str = "wall"
+) -> list[float]:
     """Fastest forward+backward step of each ``(model, x)``, after two warm-up steps.
 
     The models take turns step by step, so a load change on a shared machine hits all of them alike;
@@ -82,13 +92,13 @@ def step_times(runs: list[tuple[nn.Module, torch.Tensor]], repeats: int, bf16: b
     times = [[] for _ in runs]
     for i in range(repeats + 2):
         for spent, (model, x) in zip(times, runs, strict=True):
-            seconds = one_step(model, x, bf16)
+            seconds = one_step(model, x, bf16, clock)
             if i >= 2:
                 spent.append(seconds)
     return [min(spent) for spent in times]
 
 
-def compare_cpu(name: str, batch: int, frames: int, repeats: int) -> None:
+def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) -> None:
     torch.manual_seed(0)
     model = build_model(name)
     x = torch.rand(batch, 2, 1024, frames)
@@ -97,11 +107,12 @@ def compare_cpu(name: str, batch: int, frames: int, repeats: int) -> None:
     vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout)
     tokens = torch.randn(batch, frames, vanilla.widths[0][0])
     ref_flops = 3 * vanilla.flops(batch, frames, cfg.expansion)
-    ours, ref = step_times([(model, x), (vanilla, tokens)], repeats)
+    ours, ref = step_times([(model, x), (vanilla, tokens)], repeats, clock=clock)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     ref_params = sum(p.numel() for p in vanilla.parameters()) / 1e6
     per_frame = 1e3 / (batch * frames)
-    print(f"{name}: batch {batch} x {frames} frames, fwd+bwd, {torch.get_num_threads()} CPU threads")
+    threads = torch.get_num_threads()
+    print(f"{name}: batch {batch} x {frames} frames, fwd+bwd, {threads} CPU threads, {clock} clock")
     print(
         f"  ours     {params:7.1f}M params  {ours * per_frame:8.3f} ms/frame  "
         f"{ours_flops / 1e9:8.2f} GFLOP  {ours_flops / ours / 1e9:7.2f} GFLOP/s"
@@ -144,11 +155,15 @@ def main() -> None:
     parser.add_argument("--gpu-batch", type=int, default=4)
     parser.add_argument("--compile", action="store_true", help="torch.compile the GPU model")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clock", choices=sorted(CLOCKS), default="wall",
+        help="CPU comparison clock; cpu: the main thread's CPU time (with --threads 1 on a busy machine)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     for name in args.configs:
-        compare_cpu(name, args.batch, args.frames, args.repeats)
+        compare_cpu(name, args.batch, args.frames, args.repeats, args.clock)
     if torch.cuda.is_available():
         mfu_gpu(args.gpu_config, args.gpu_batch, args.gpu_frames, args.repeats, args.compile)
     else:

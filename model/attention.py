@@ -105,8 +105,12 @@ class RelativePosition(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         length, m = q.shape[-2], self.max_distance
-        distance = torch.arange(1 - length, length, device=q.device).clamp(1 - m, m - 1)
-        table = self.embedding[:, distance + m - 1] * q.shape[-1] ** -0.5  # [H, 2L-1, Dh], scaled
+        if length <= m:  # distances 1-L .. L-1: a slice (its gradient is cheaper than a gather's)
+            table = self.embedding[:, m - length : m + length - 1]
+        else:
+            distance = torch.arange(1 - length, length, device=q.device).clamp(1 - m, m - 1)
+            table = self.embedding[:, distance + m - 1]
+        table = table * q.shape[-1] ** -0.5  # [H, 2L-1, Dh], scaled like the logits
         rel = q @ table.transpose(-1, -2).to(q.dtype)  # [B, H, L, 2L-1]
         return q, k, skew(rel)
 

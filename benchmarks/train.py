@@ -14,14 +14,16 @@ Run it as a module from the repository root (``benchmarks/model.py`` would shado
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.model import PEAK_BF16, forward_flops
+from benchmarks.model import PEAK_BF16
 from configs import load_config
+from model.flops import forward_flops
 from train.distributed import Dist
 from train.pretrain import ManifestData, PretrainTask, SyntheticData
 from train.trainer import BatchStream, Progress, Trainer
@@ -77,9 +79,11 @@ def bench(name: str, device: torch.device, manifest: Path, sets: list[str], step
         rows = {"synthetic": seconds_per_step(trainer, synthetic.train, steps, warmup),
                 "loader": seconds_per_step(trainer, ManifestData(cfg, manifest).train, steps, warmup),
                 "loader alone": loader_alone(ManifestData(cfg, manifest), steps)}
-        flops = 3 * forward_flops(trainer.raw["model"], synthetic.batches[0]["input"].float().to(device))
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}"
-    peak = next((v for k, v in PEAK_BF16.items() if k in where), None) if device.type == "cuda" else None
+        gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
+        peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None) if gpu else None
+        if peak:
+            flops = 3 * forward_flops(trainer.raw["model"], synthetic.batches[0]["input"].float().to(device))
+    where = gpu or f"CPU x{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}"
     print(f"{name} on {where}: batch {b} x {t} frames, {cfg.train.num_workers} loader workers, "
           f"{'bf16' if trainer.autocast_dtype else 'fp32'}")
     for source, seconds in rows.items():

@@ -28,6 +28,7 @@ class TrainConfig:
     next_weight: float = 1.0  # BCE of the next-segment head (0: task off)
     l1_weight: float = 1.0  # factor on the L1 terms (100 in the reference adversarial variant)
     adv_weight: float = 0.0  # adversarial generator loss (0: no discriminator)
+    initial_mask: float = 1e-3  # pretraining: the mask head's initial output (see train/pretrain.py)
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.5, 0.999)
     # Bookkeeping (in optimizer steps; 0 switches a feature off).
@@ -50,6 +51,8 @@ class TrainConfig:
         weights = self.masked_weight, self.unmasked_weight, self.next_weight, self.l1_weight, self.adv_weight
         if min(weights) < 0:
             raise ValueError("loss weights must be >= 0")
+        if not 0.0 < self.initial_mask < 1.0:
+            raise ValueError(f"initial_mask must be in (0, 1), got {self.initial_mask}")
         if min(self.log_every, self.val_every, self.val_batches, self.preview_every,
                self.checkpoint_every, self.num_workers) < 0:
             raise ValueError("log_every, val_every, val_batches, preview_every, checkpoint_every and "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -17,6 +19,11 @@ class MaskHead(nn.Module):
     def __init__(self, channels: int, out_channels: int):
         super().__init__()
         self.proj = nn.Conv2d(channels, out_channels, 1)
+
+    def start_at(self, level: float) -> None:
+        """Set the bias to ``logit(level)``, so the initial mask is about ``level`` (0 < level < 1)."""
+        with torch.no_grad():
+            self.proj.bias.fill_(math.log(level / (1.0 - level)))
 
     def forward(self, h: Tensor) -> Tensor:
         with float32_region(h):

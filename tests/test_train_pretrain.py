@@ -1,5 +1,6 @@
-"""``specbert pretrain`` on real shards of the example library: the loss falls, a run stopped by SIGTERM
-and resumed matches an uninterrupted one, and the run directory holds what a person looks at."""
+"""``specbert pretrain`` on real shards of the example library: the masked L1 reaches the trivial
+baselines, a run stopped by SIGTERM and resumed matches an uninterrupted one, and the run directory
+holds what a person looks at."""
 
 from __future__ import annotations
 
@@ -49,20 +50,25 @@ def pretrain_args(manifest: Path, run_dir: Path, steps: int, *sets: str) -> list
     return args
 
 
-def test_loss_falls_on_the_example_library_and_the_run_dir_shows_it(manifest, tmp_path, one_thread):
+def test_pretraining_reaches_the_trivial_baselines_and_the_run_dir_shows_it(manifest, tmp_path, one_thread):
+    """Validation masked L1 near the better of the trivial reconstructions (neighbour mean, silence).
+
+    With the mask head starting at 0.5 it stayed near 0.43, about 100 times theirs (train/pretrain.py).
+    """
     run_dir = tmp_path / "run"
-    args = pretrain_args(manifest, run_dir, 40, "train.val_every=20", "train.preview_every=20",
-                         "train.checkpoint_every=20", "train.val_batches=2")
+    args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=20",
+                         "train.preview_every=20", "train.checkpoint_every=20", "train.val_batches=2")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
-    train = records(run_dir, "train")
-    l1 = [r["l1_masked"] for r in train]
-    assert sum(l1[-10:]) < 0.9 * sum(l1[:10]), l1  # slow: the sigmoid mask must learn to blank white tokens
-    assert all(r["samples_per_s"] > 0 and r["frames_per_s"] == pytest.approx(32 * r["samples_per_s"])
-               for r in train)
     val = records(run_dir, "val")
     assert [r["step"] for r in val] == [20, 40]
-    assert {"l1_masked", "baseline_l1_masked", "next_acc", "baseline_next_acc"} <= set(val[-1])
+    for r in val:
+        assert r["l1_masked"] < 1.5 * min(r["baseline_l1_masked"], r["silence_l1_masked"]), r
+    assert {"next_acc", "baseline_next_acc"} <= set(val[-1])
+    train = records(run_dir, "train")
+    assert [r["step"] for r in train] == list(range(1, 41))
+    assert all(r["samples_per_s"] > 0 and r["frames_per_s"] == pytest.approx(64 * r["samples_per_s"])
+               for r in train)
     previews = sorted(p.name for p in (run_dir / "previews").iterdir())
     assert previews == ["step_00000020.png", "step_00000040.png"]
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))

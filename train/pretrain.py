@@ -8,6 +8,13 @@ Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked
 ``+ next_weight * BCE(next_logit, is_next)`` ``+ adv_weight * BCE(D(reconstructed tokens), 1)``;
 the discriminator (``adv_weight > 0``) learns true vs reconstructed masked tokens cut into a batch
 of their own.
+
+The mask head starts at ``train.initial_mask``, not 0.5: on a white token (80% of the selected ones)
+the input is 1.0, so the prediction there is the mask itself, and the targets are normalised
+magnitudes, mostly tiny (on the example library the masked frames' median is about 1e-3, their
+mean 5e-3).  From a mask of 0.5, Adam moves the logits by about ``lr`` per step, and the masked L1
+stayed near 0.43 for hundreds of steps; from logit(1e-3) it starts near the best constant (the
+median, for L1).  Down there sigmoid(z) is about exp(z): the head predicts log-magnitudes.
 """
 
 from __future__ import annotations
@@ -130,6 +137,7 @@ class PretrainTask:
 
     def build_models(self) -> dict[str, nn.Module]:
         model = build_model(self.cfg)
+        model.mask_head.start_at(self.tc.initial_mask)
         if self.tc.next_weight == 0:
             model.next_head.requires_grad_(False)  # no loss reaches it
         models = {"model": model}
@@ -169,8 +177,9 @@ class PretrainTask:
 
     def validate(self, models: dict[str, nn.Module], batches: Iterable[Batch]) -> dict[str, float]:
         """Masked L1 and next-segment accuracy of the model and of trivial baselines: the mean of the
-        unmasked neighbour frames, and always answering the commoner next-segment label."""
-        totals = np.zeros(4)
+        unmasked neighbour frames (``baseline_``), silence (``silence_``: predicting 0 everywhere,
+        i.e. the masked targets' mean), and always answering the commoner next-segment label."""
+        totals = np.zeros(5)
         batches_seen = 0
         for batch in batches:
             x, target, masked, is_next = (batch["input"].float(), batch["target"], batch["masked"],
@@ -178,11 +187,12 @@ class PretrainTask:
             mask, next_logit = models["model"](x)
             totals += [region_l1(x * mask, target, masked)[0].item(),
                        region_l1(neighbour_mean(x, masked), target, masked)[0].item(),
+                       region_l1(torch.zeros_like(x), target, masked)[0].item(),
                        next_accuracy(next_logit, is_next).item(),
                        is_next.float().mean().item()]
             batches_seen += 1
-        l1, base_l1, acc, positives = totals / max(batches_seen, 1)
-        metrics = {"l1_masked": l1, "baseline_l1_masked": base_l1}
+        l1, base_l1, silence_l1, acc, positives = totals / max(batches_seen, 1)
+        metrics = {"l1_masked": l1, "baseline_l1_masked": base_l1, "silence_l1_masked": silence_l1}
         if self.tc.next_weight > 0:
             metrics.update(next_acc=acc, baseline_next_acc=max(positives, 1 - positives))
         return metrics

@@ -31,13 +31,14 @@ per hour of stereo) on generated music (FLAC 0.40 GB/h) and on the same music pl
 -26 dB (FLAC 0.52 GB/h); errors against the float32 STFT, for magnitudes above the floor:
 
     codec   music GB/h (x FLAC)   noisy GB/h (x FLAC)   max / RMS error (dB)
-    f16     0.462 (1.16)          0.527 (1.01)          0.0042 / 0.0018
-    f16r6   0.305 (0.76)          0.367 (0.70)          0.0713 / 0.0290   <- default
-    f16r5   0.271 (0.68)          0.328 (0.63)          0.137 / 0.058
-    f16r4   0.236 (0.59)          0.289 (0.55)          0.263 / 0.115
+    f16     0.496 (1.24)          0.576 (1.11)          0.0042 / 0.0018
+    f16r6   0.344 (0.86)          0.419 (0.80)          0.0713 / 0.0290   <- default
+    f16r5   0.316 (0.79)          0.379 (0.73)          0.137 / 0.058
+    f16r4   0.276 (0.69)          0.339 (0.65)          0.263 / 0.115
 
-Real/imag data (``keep_complex``, stems) costs 2.4x the magnitude (f16r6: 0.74 GB/h per stereo stem).
-The default ``f16r6`` stores 0.7-0.8x the source FLAC's bytes with a max error of 0.071 dB for every
+(with zstd, before Nov 2026: f16r6 0.305 (0.76) and 0.367 (0.70)). Real/imag data (``keep_complex``,
+stems) costs about 2.4x the magnitude.
+The default ``f16r6`` stores 0.8-0.9x the source FLAC's bytes with a max error of 0.071 dB for every
 magnitude within 100 dB of the track's max; below that, values are 0 (normalised by the max they are
 under 1e-5, below float16's normal range, so a float16 crop could not hold them anyway).
 """
@@ -85,7 +86,7 @@ class Codec:
     @property
     def typical_ratio(self) -> float:
         """Rough encoded / raw float16 size on music, only to plan shard sizes."""
-        return 0.1 + 0.06 * self.mantissa_bits
+        return 0.18 + 0.06 * self.mantissa_bits
 
     def quantize(self, x: np.ndarray, ref: float) -> np.ndarray:
         """The values ``decode`` will return: a new float16 array of ``x``'s shape."""

@@ -28,8 +28,13 @@ and with crops and masks fixed by ``seed``: every pass gives the same batches.
 
 Stages: see ``pipeline.stages`` (source, read, decode, crop, batch; shared with fine-tuning) and
 ``pipeline.masking`` (pairs and span masking). A fine-tuning loader calls ``build_loader`` with
-the stems shards and its own task (crop with ``random_crop``, remix, magnitudes with
-``normalise``), getting the same source, shuffling, decoding, batching, workers and ``stats()``.
+the stems shards and its own task (crops at ``crop_start`` taken with ``interleaved``, remix,
+magnitudes with ``normalise``), getting the same source, shuffling, decoding, batching, workers
+and ``stats()``.
+
+Speed (``benchmarks/loader.py``): about 120 crops per CPU second of a worker from tar shards, 100
+from zarr, with the defaults on a shared 2-core VM. Workers write batches into reused shared memory
+(``pipeline.stages.BatchRing``): a batch the caller keeps is never overwritten.
 """
 
 from __future__ import annotations

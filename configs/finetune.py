@@ -18,6 +18,7 @@ class FinetuneConfig:
     warmup_steps: int = 500
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
+    fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
     remix_prob: float = 0.5  # vocals taken from another track of the stream
     no_vocals_prob: float = 0.1  # the mixture is the accompaniment alone

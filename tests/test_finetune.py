@@ -147,6 +147,14 @@ def test_init_reports_loaded_new_unused_and_mismatched(init_file):
     assert any(line.startswith("  shape mismatch: encoders.4.conv.0.weight (") for line in report.lines())
 
 
+def test_init_leaves_fresh_modules_new(init_file):
+    model = build_model(load_config("tiny"))
+    before = model.mask_head.proj.weight.detach().clone()
+    report = load_init(model, init_file, fresh=["mask_head"])
+    assert report.new == ["mask_head.proj.weight", "mask_head.proj.bias"] and not report.unused
+    assert torch.equal(model.mask_head.proj.weight, before)
+
+
 def finetune_args(manifest, run_dir, steps, *sets) -> list[str]:
     args = ["finetune", "--config", "tiny", "--manifest", str(manifest), "--run-dir", str(run_dir),
             "--steps", str(steps), "--device", "cpu"]
@@ -160,14 +168,15 @@ def test_init_from_a_model_file_with_a_frozen_encoder(manifest, init_file, tmp_p
     args = finetune_args(manifest, run_dir, 2, "finetune.freeze_encoder_steps=2", "train.val_every=0")
     result = CliRunner().invoke(main, [*args, "--init", str(init_file)])
     assert result.exit_code == 0, result.output
-    assert "tensors loaded, 0 new, 0 unused, 0 shape mismatches" in result.output
-    assert json.loads((run_dir / "init.json").read_text())["new"] == []
+    assert "tensors loaded, 2 new, 0 unused, 0 shape mismatches" in result.output  # finetune.fresh
+    assert json.loads((run_dir / "init.json").read_text())["new"] == ["mask_head.proj.weight",
+                                                                      "mask_head.proj.bias"]
     source = load_file(str(init_file))
     trained = load_file(str(run_dir / "checkpoints/step_00000002/model.safetensors"))
     params = dict(build_model(load_config("tiny")).named_parameters())
     encoder = [n for n in params if n.startswith("encoders.")]
     assert all(torch.equal(trained[n], source[n]) for n in encoder)  # frozen: not one update
-    assert not torch.equal(trained["mask_head.proj.weight"], source["mask_head.proj.weight"])
+    assert not torch.equal(trained["decoders.0.conv.0.weight"], source["decoders.0.conv.0.weight"])
 
 
 def test_a_resumed_finetune_matches_an_uninterrupted_one(manifest, tmp_path, one_thread):

@@ -80,11 +80,12 @@ class InitReport:
                   for name, src, dst in self.mismatched)]
 
 
-def load_init(model: nn.Module, source: str | Path) -> InitReport:
+def load_init(model: nn.Module, source: str | Path, fresh: Iterable[str] = ()) -> InitReport:
     """Load the tensors of ``source`` whose names and shapes match ``model``'s (in place).
 
     ``source``: an exported model file, a checkpoint's ``step_*`` folder, or a run folder (its latest
-    checkpoint).  Shape mismatches are left as initialised and reported.
+    checkpoint).  Shape mismatches are left as initialised and reported; so are the tensors of the modules
+    named in ``fresh`` (e.g. ``mask_head``: a new head for the new task), reported as new.
     """
     source = Path(source)
     file = source if source.is_file() else find_checkpoint(source) / "model.safetensors"
@@ -93,6 +94,8 @@ def load_init(model: nn.Module, source: str | Path) -> InitReport:
     except (SafetensorError, OSError) as err:
         raise ExportError(f"{file}: cannot read weights to initialise from ({err})") from None
     state = model.state_dict()
+    prefixes = tuple(f"{name}." for name in fresh)
+    tensors = {n: t for n, t in tensors.items() if not (n.startswith(prefixes) and n in state)}
     matched = [n for n in state if n in tensors]
     loaded = [n for n in matched if tensors[n].shape == state[n].shape]
     mismatched = [(n, list(tensors[n].shape), list(state[n].shape)) for n in matched if n not in loaded]
@@ -143,7 +146,7 @@ class FinetuneTask:
                              "parameter's gradient)")
         resumed = self.run_dir is not None and latest_checkpoint(self.run_dir / "checkpoints") is not None
         if self.init is not None and not resumed:
-            self.init_report = load_init(model, self.init)
+            self.init_report = load_init(model, self.init, self.ft.fresh)
             if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
                 for line in self.init_report.lines():
                     self.log(line)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -29,6 +30,7 @@ from configs.model import ModelConfig
 from configs.train import TrainConfig
 
 PRESET_DIR = Path(__file__).resolve().parent
+FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # numbers YAML 1.1 leaves as text
 
 
 class ConfigError(ValueError):
@@ -190,6 +192,8 @@ def coerce(hint: Any, value: Any, where: str):
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and FLOAT_TEXT.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads exponents without a dot ("3e-3") as strings
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if hint is str:
         if isinstance(value, str):

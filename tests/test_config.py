@@ -31,6 +31,11 @@ def test_int_given_for_float_is_converted():
     assert load_config(None, ["loader.mask_rate=1"]).loader.mask_rate == 1.0
 
 
+@pytest.mark.parametrize("text, value", [("3e-3", 3e-3), ("1E4", 1e4), ("+2e-1", 0.2), ("5.", 5.0)])
+def test_exponent_without_a_dot_is_a_number(text, value):
+    assert load_config(None, [f"train.lr={text}"]).train.lr == value  # YAML 1.1 reads "3e-3" as a string
+
+
 @pytest.mark.parametrize(
     "override, named",
     [

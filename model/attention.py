@@ -81,13 +81,14 @@ def skew(rel: Tensor) -> Tensor:
 
     Column ``r`` of ``rel`` holds relative distance ``r - (L - 1)``.  The Music-Transformer pad-and-reshape
     trick, without the pad: in a row-major ``[L, 2L-1]`` block ``rel[i, j - i + L - 1]`` sits at offset
-    ``i (2L - 2) + j + L - 1``, so S is a strided view of ``rel`` (row stride 2L-2, no copy, O(L) extra
-    memory per head beyond the logits).
+    ``i (2L - 2) + j + L - 1``, so S is a view of ``rel``: flatten, skip L-1 elements, rows of 2L-2, keep
+    L columns (no copy, nothing beyond the logits themselves).
     """
     *batch, length, width = rel.shape
-    rel = rel.contiguous()
-    stride = (*rel.stride()[:-2], width - 1, 1)
-    return rel.as_strided((*batch, length, length), stride, rel.storage_offset() + length - 1)
+    if length == 1:
+        return rel
+    flat = rel.contiguous().flatten(-2)[..., length - 1 : length - 1 + length * (width - 1)]
+    return flat.view(*batch, length, width - 1)[..., :length]
 
 
 class RelativePosition(nn.Module):
@@ -175,8 +176,9 @@ class Attention(nn.Module):
         q, k, v = (t.reshape(batch, length, self.heads, -1).transpose(1, 2) for t in (q, k, v))
         q, k, bias = self.position(q, k)
         dropout = self.dropout if self.training else 0.0
-        if self.sdpa:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+        if self.sdpa:  # a contiguous mask: rows aligned as the CUDA memory-efficient kernel wants them
+            mask = None if bias is None else bias.contiguous()
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
             y = plain_attention(q, k, v, bias, dropout)
         return self.out(y.transpose(1, 2).reshape(batch, length, dim))

@@ -15,32 +15,32 @@ from torch import Tensor, nn
 class _DepthwiseTimeConv(torch.autograd.Function):
     """Depthwise "same" convolution along time, channels last, as k shifted multiply-adds.
 
-    ``x [B, L, C]``, ``weight [k, C]`` -> ``[B, L, C]`` (no bias).  Output frame t gets
+    ``x [B, L, C]``, ``weight [k, C]``, ``bias [C]`` -> ``[B, L, C]``.  Output frame t gets
     ``sum_j x[t + j - k//2] * weight[j]``; every tap is one contiguous multiply-add over the overlapping
     frames, with no [B, L, C] <-> [B, C, L] transposes (2-3x faster on CPU than a grouped ``conv1d``).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         x, centre = x.contiguous(), weight.shape[0] // 2
-        out = x * weight[centre]
+        out = torch.addcmul(bias, x, weight[centre])
         for j, lo, hi in _taps(x.shape[1], weight.shape[0]):
             out[:, lo:hi].addcmul_(x[:, lo + j - centre : hi + j - centre], weight[j])
         ctx.save_for_backward(x, weight)
         return out
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x, weight = ctx.saved_tensors
         grad, centre = grad.contiguous(), weight.shape[0] // 2
         grad_x = grad * weight[centre]
-        grad_w = torch.empty_like(weight)
+        grad_w = torch.zeros_like(weight)  # taps beyond a short sequence get no gradient
         grad_w[centre] = (grad * x).sum((0, 1))
         for j, lo, hi in _taps(x.shape[1], weight.shape[0]):
             shifted = slice(lo + j - centre, hi + j - centre)
             grad_x[:, shifted].addcmul_(grad[:, lo:hi], weight[j])
             grad_w[j] = (grad[:, lo:hi] * x[:, shifted]).sum((0, 1))
-        return grad_x, grad_w
+        return grad_x, grad_w, grad.sum((0, 1))
 
 
 def _taps(length: int, kernel_size: int):
@@ -70,8 +70,7 @@ class TimeConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, k = self.conv.weight, self.conv.bias, self.conv.kernel_size[0]
         if self.conv.groups > 1:  # weight [C, 1, k]
-            y = _DepthwiseTimeConv.apply(x, weight[:, 0].T.to(x.dtype))
-            return y + bias.to(y.dtype)
+            return _DepthwiseTimeConv.apply(x, weight[:, 0].T.to(x.dtype), bias.to(x.dtype))
         cols = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1)  # [B, L, Cin, k]
         return F.linear(cols.flatten(2), weight.flatten(1), bias)  # weight [Cout, Cin, k]
 

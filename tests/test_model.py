@@ -9,7 +9,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from configs import ConfigError, load_config
 from model import build_discriminator, build_model, describe
-from model.attention import Attention, skew
+from model.attention import Attention, TimeConv, skew
 
 STATED_SIZES = {"tiny": 1.8e6, "base": 50e6, "large": 200e6, "flat": 50e6}  # as the presets' comments say
 
@@ -98,6 +98,23 @@ def test_q_k_and_v_have_their_own_depthwise_kernels():
         assert not torch.allclose(attn(x), before), f"kernel {channels} of {conv} is unused"
         with torch.no_grad():
             conv.conv.weight.copy_(saved)
+
+
+@pytest.mark.parametrize("groups", ["depthwise", "dense"])
+@pytest.mark.parametrize("kernel_size", [3, 9])
+@pytest.mark.parametrize("length", [2, 13])  # 2: shorter than the kernel, every tap at an edge
+def test_time_conv_equals_conv1d(groups, kernel_size, length):
+    """TimeConv computes in [B, L, C] with its own maths; values and gradients are nn.Conv1d's."""
+    torch.manual_seed(0)
+    conv = TimeConv(16, 16 if groups == "depthwise" else 8, kernel_size, 16 if groups == "depthwise" else 1)
+    x = torch.randn(2, length, 16, requires_grad=True)
+    ours, reference = conv(x), conv.conv(x.transpose(1, 2)).transpose(1, 2)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ours)
+    inputs = (x, conv.conv.weight, conv.conv.bias)
+    grads = [torch.autograd.grad(y, inputs, grad) for y in (ours, reference)]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 # --- the whole model ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ class _DepthwiseTimeConv(torch.autograd.Function):
 
     ``x [B, L, C]``, ``weight [k, C]``, ``bias [C]`` -> ``[B, L, C]``.  Output frame t gets
     ``sum_j x[t + j - k//2] * weight[j]``; every tap is one contiguous multiply-add over the overlapping
-    frames, with no [B, L, C] <-> [B, C, L] transposes (2-3x faster on CPU than a grouped ``conv1d``).
+    frames, with no [B, L, C] <-> [B, C, L] transposes (1.3-2.6x faster on CPU than a grouped ``conv1d``).
     """
 
     @staticmethod
@@ -81,7 +81,7 @@ def skew(rel: Tensor) -> Tensor:
     Column ``r`` of ``rel`` holds relative distance ``r - (L - 1)``.  The Music-Transformer pad-and-reshape
     trick, without the pad: in a row-major ``[L, 2L-1]`` block ``rel[i, j - i + L - 1]`` sits at offset
     ``i (2L - 2) + j + L - 1``, so S is a view of ``rel``: flatten, skip L-1 elements, rows of 2L-2, keep
-    L columns (no copy, nothing beyond the logits themselves).
+    L columns (a view; only the SDPA path copies it, to hand the kernel contiguous rows).
     """
     *batch, length, width = rel.shape
     if length == 1:

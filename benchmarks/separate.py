@@ -9,7 +9,7 @@
 
 Speed: one file of ``--seconds`` of music (a generated song, repeated) separated to 16-bit WAV stems,
 end to end (decode, both passes, model, writing), after a short warm-up run.  Memory: the peak resident
-set (``ru_maxrss``) of a fresh process separating a file of each of ``--minutes`` with the first config.
+set (``VmHWM``, Linux) of a fresh process separating a file of each of ``--minutes`` with the first config.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from train.export import save_model_file
 from train.separate import Separator
 
 RATE = 44100
+# VmHWM, the peak resident set of this process's memory map: ru_maxrss would also count the parent's
+# resident set at the fork (Linux keeps the larger across exec), e.g. the base model of the speed test.
 PROBE = """
-import resource, sys, torch
+import sys, torch
 from train.separate import Separator
 torch.set_num_threads(int(sys.argv[5]))
 Separator(sys.argv[1], device=sys.argv[4]).separate_file(sys.argv[2], sys.argv[3])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
 
 

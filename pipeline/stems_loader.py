@@ -41,7 +41,7 @@ from configs.finetune import FinetuneConfig
 from pipeline.loader import Loader, build_loader
 from pipeline.manifest import read_manifest
 from pipeline.shards import to_complex
-from pipeline.stages import BatchStream, Seeds, Skips, crop_start, each, long_enough, normalise
+from pipeline.stages import BatchStream, Seeds, Skips, crop_start, each, interleaved, long_enough, normalise
 
 
 def stems_pair(stems: dict[str, np.ndarray], bins: int, start: int,
@@ -126,7 +126,8 @@ class StemsTask:
                        rng=seeds.numpy("crop"))
         return [
             partial(long_enough, frames=loader.crop_frames, skips=skips),
-            each(crop, times=loader.crops_per_segment),
+            partial(interleaved, f=crop, times=loader.crops_per_segment, pool=loader.segment_pool,
+                    rng=seeds.numpy("interleave")),
             partial(remix, cfg=self.cfg.finetune, rng=seeds.numpy("remix")),
         ]
 

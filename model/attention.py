@@ -69,6 +69,8 @@ class TimeConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, k = self.conv.weight, self.conv.bias, self.conv.kernel_size[0]
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # export: the plain, traceable conv
+            return self.conv(x.transpose(1, 2)).transpose(1, 2)
         if self.conv.groups > 1:  # weight [C, 1, k]
             return _DepthwiseTimeConv.apply(x, weight[:, 0].T.to(x.dtype), bias.to(x.dtype))
         cols = F.pad(x, (0, 0, k // 2, k // 2)).unfold(1, k, 1)  # [B, L, Cin, k]

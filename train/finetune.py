@@ -28,7 +28,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from configs import Config
 from model import build_model
@@ -37,6 +36,7 @@ from train.checkpoint import latest_checkpoint
 from train.distributed import unwrap
 from train.evaluate import usdr
 from train.export import ExportError, find_checkpoint
+from train.losses import frozen_call, l1
 from train.pretrain import db_image
 from train.rng import derive_seed
 from train.separate import ChunkedMasker, apply_mask, model_input
@@ -183,8 +183,7 @@ class FinetuneTask:
         leaves them exactly as they are)."""
         if not self.frozen:
             return model(x)[0]
-        params = {n: p.detach() if n.startswith(ENCODER) else p for n, p in unwrap(model).named_parameters()}
-        return functional_call(unwrap(model), params, (x,), strict=False)[0]
+        return frozen_call(unwrap(model), x, prefix=ENCODER)[0]
 
     def validate(self, models: dict[str, nn.Module], batches: Iterable[Batch]) -> dict[str, float]:
         """uSDR (dB) of the separated instrumental and vocals on whole validation tracks (the segments
@@ -254,11 +253,6 @@ def silent(stem: np.ndarray, mixture: np.ndarray) -> bool:
     """``stem`` is more than ``-SILENT_DB`` dB below ``mixture`` (energies)."""
     return float(np.sum(np.square(stem, dtype=np.float64))) < 10 ** (SILENT_DB / 10) * float(
         np.sum(np.square(mixture, dtype=np.float64)))
-
-
-def l1(pred: Tensor, target: Tensor) -> Tensor:
-    """Mean absolute error in float32."""
-    return (pred.float() - target.float()).abs().mean()
 
 
 def finetune(cfg: Config, manifest: str | Path, run_dir: str | Path, init: str | Path | None = None,

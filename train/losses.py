@@ -1,4 +1,4 @@
-"""Loss functions: region-weighted L1, next-segment BCE, and the adversarial pieces.
+"""Loss functions: L1 and region-weighted L1, next-segment BCE, and the adversarial pieces.
 
 Shapes: spectrograms ``[B, C, F, T]``, frame selections ``[B, T]`` (bool), logits ``[B]`` or any shape
 for the discriminator.  Every loss is computed in float32, even under autocast.
@@ -10,6 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+
+
+def l1(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute error over every element."""
+    return (pred.float() - target.float()).abs().mean()
 
 
 def region_l1(pred: Tensor, target: Tensor, selected: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,10 +61,12 @@ def generator_adv_loss(fake_logits: Tensor) -> Tensor:
     return bce_to(fake_logits, 1.0)
 
 
-def frozen_call(module: nn.Module, *args) -> Tensor:
-    """Run ``module`` with its parameters detached: gradients reach the inputs, never its weights.
+def frozen_call(module: nn.Module, *args, prefix: str = ""):
+    """Run ``module`` with the parameters whose names start with ``prefix`` (all by default) detached:
+    gradients reach the inputs and the other parameters, never those weights.
 
-    For the generator's pass through the discriminator (no ``requires_grad`` toggling, no DDP hooks).
+    For the generator's pass through the discriminator, and for fine-tuning with a frozen encoder
+    (no ``requires_grad`` toggling, no DDP hooks).
     """
-    params = {name: p.detach() for name, p in module.named_parameters()}
+    params = {name: p.detach() if name.startswith(prefix) else p for name, p in module.named_parameters()}
     return functional_call(module, params, args, strict=False)

@@ -38,7 +38,7 @@ import webdataset as wds
 
 from configs import load_config
 from configs.loader import LoaderConfig
-from pipeline.loader import build_pretrain_loader, crop_magnitude, normalise_segment
+from pipeline.loader import build_pretrain_loader, clip_to_peak, crop_halves, defer_crop
 from pipeline.manifest import read_manifest
 from pipeline.masking import mask_sample, next_segment_pairs
 from pipeline.shards import decode_sample
@@ -88,21 +88,21 @@ def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
     wds_read = timed("read tar (webdataset)", lambda url: list(wds.WebDataset(url, shardshuffle=False)), urls,
                      rows, per_url)
     read = timed("read tar (loader)", lambda url: list(tar_samples(url)), urls, rows, per_url)
-    cost = timed("decode", decode_sample, raws, rows, crops_per_segment)
+    decode = timed("decode", decode_sample, raws, rows, crops_per_segment)
     cfg, rng = LoaderConfig(), np.random.default_rng(0)
     decoded = [decode_sample(raw) for raw in raws]
-    cost += timed("normalise", normalise_segment, decoded, rows, crops_per_segment)
-    decoded = [normalise_segment(sample) for sample in decoded] * crops_per_segment
-    crop = partial(crop_magnitude, frames=cfg.crop_frames, bins=1024, swap=cfg.channel_swap, rng=rng)
-    cost += timed("crop", crop, decoded, rows)
+    cost = timed("clip (per segment)", clip_to_peak, decoded, rows, crops_per_segment)
+    decoded *= crops_per_segment
+    crop = partial(crop_halves, frames=cfg.crop_frames, swap=cfg.channel_swap, rng=rng)
+    cost += timed("crop (windows)", crop, decoded, rows)
     crops = [crop(sample) for sample in decoded]
     start = time.process_time()
-    paired = list(next_segment_pairs(crops, cfg, rng))  # in place: no new tensors
+    paired = list(next_segment_pairs(crops, cfg, rng))
     cost += (time.process_time() - start) / len(paired)
     rows.append(f"{'pairs':24s} {rate(len(paired), time.process_time() - start)}")
-    cost += timed("mask", lambda sample: mask_sample(sample, cfg, rng), paired, rows)
-    masked = [mask_sample(sample, cfg, rng) for sample in paired]
-    groups = [masked[i : i + 8] for i in range(0, len(masked) - 7, 8)]
+    cost += timed("mask (draw)", lambda sample: mask_sample(sample, cfg, rng), paired, rows)
+    deferred = [defer_crop(mask_sample(sample, cfg, rng), cfg, bins=1024) for sample in paired]
+    groups = [deferred[i : i + 8] for i in range(0, len(deferred) - 7, 8)]
     ring = BatchRing(workers=1)
 
     def collate(group: list[dict]):
@@ -112,9 +112,13 @@ def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
     with as_worker():
         for group in groups[:RING_SLOTS]:  # first use of each slot: page faults, once per worker
             collate(group)
-        cost += timed("collate (shared ring)", collate, groups, rows, 8)
-    rows.append(f"processing (decode .. collate) {1e3 * cost:6.2f} ms per crop = "
-                f"{cost / read:5.1f}x reading (loader) = {cost / wds_read:5.2f}x reading (webdataset)")
+        cost += timed("write (into shared ring)", collate, groups, rows, 8)
+    rows.append(f"processing after decoding (clip .. write) {1e3 * cost:6.2f} ms per crop = "
+                f"{cost / (read + decode):5.2f}x reading and decoding (loader), "
+                f"{cost / (wds_read + decode):5.2f}x (webdataset)")
+    total = cost + decode
+    rows.append(f"processing with decoding {1e3 * total:6.2f} ms per crop = {total / read:5.1f}x reading "
+                f"(loader) = {total / wds_read:5.2f}x reading (webdataset)")
     return rows
 
 

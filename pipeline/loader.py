@@ -27,10 +27,14 @@ Training (``split="train"``) resamples each worker's shards endlessly and ends e
 and with crops and masks fixed by ``seed``: every pass gives the same batches.
 
 Stages: see ``pipeline.stages`` (source, read, decode, crop, batch; shared with fine-tuning) and
-``pipeline.masking`` (pairs and span masking). A fine-tuning loader calls ``build_loader`` with
-the stems shards and its own task (crops at ``crop_start`` taken with ``interleaved``, remix,
-magnitudes with ``normalise``), getting the same source, shuffling, decoding, batching, workers
-and ``stats()``.
+``pipeline.masking`` (pairs and span masking). Until the batch is written a crop is only a plan:
+two ``Window``s into decoded segments, the pair's choice and the mask's draws; ``collate`` then
+writes each crop's target and input once, straight into the batch's shared memory (``defer_crop``,
+``pipeline.stages.Deferred``): nothing is cropped, copied and stacked again.
+
+A fine-tuning loader calls ``build_loader`` with the stems shards and its own task (crops at
+``crop_start`` taken with ``interleaved``, remix, magnitudes with ``normalise``), getting the same
+source, shuffling, decoding, batching, workers and ``stats()``.
 
 Speed (``benchmarks/loader.py``): about 120 crops per CPU second of a worker from tar shards, 100
 from zarr, with the defaults on a shared 2-core VM. Workers write batches into reused shared memory
@@ -52,17 +56,17 @@ from configs import Config, ConfigError, from_dict
 from configs.audio import AudioConfig
 from configs.loader import LoaderConfig
 from pipeline.manifest import read_manifest
-from pipeline.masking import mask_sample, next_segment_pairs
+from pipeline.masking import mask_sample, next_segment_pairs, write_crop
 from pipeline.stages import (
     SKIP_KINDS,
     BatchStream,
+    Deferred,
     Seeds,
     Skips,
     crop_start,
     each,
     interleaved,
     long_enough,
-    normalise,
 )
 
 
@@ -124,47 +128,79 @@ def loader_config(config: Config | LoaderConfig | None, options: dict) -> Loader
     return from_dict(LoaderConfig, {**dataclasses.asdict(base), **options}, where="loader")
 
 
-def normalise_segment(sample: dict) -> dict:
-    """Decoded segment -> the same sample with ``spec`` (float16 ``[C, F, T]``, as a tensor)
-    normalised in place by the track's max magnitude and clipped to [0, 1]: once per segment, not
-    per crop (about 2 ms per 2048 frames)."""
+def clip_to_peak(sample: dict) -> dict:
+    """Decoded segment -> the same, its magnitudes clipped in place to [0, the track's peak] (the
+    codec's rounding can exceed the peak by 0.07 dB): once per segment, so that a crop of it is
+    normalised by one multiplication (``Window.write``), the same as ``normalise`` (clip(x / peak,
+    0, 1)) up to one float16 step at 1.0."""
+    peak = np.float16(sample["record"]["max_magnitude"])
+    if peak > sample["record"]["max_magnitude"]:  # the largest float16 not above the peak
+        peak = np.nextafter(peak, np.float16(0))
+    torch.from_numpy(sample["spec"]).clamp_(0.0, float(peak))
+    return sample
+
+
+@dataclass(frozen=True, eq=False)
+class Window:
+    """Frames ``start:`` of a decoded segment ``spec`` (float16 ``[C, F, T]``, ``clip_to_peak``ed),
+    its channels reversed if ``swap``: a crop not yet cut, written normalised by ``write``."""
+
+    spec: torch.Tensor
+    peak: float
+    start: int
+    swap: bool
+
+    def write(self, out: torch.Tensor):
+        """``out`` ``[C, bins, frames]`` = spec[:, :bins, start : start + frames] / peak, in [0, 1]."""
+        bins, frames = out.shape[-2:]
+        crop = self.spec[:, :bins, self.start : self.start + frames]
+        sources = range(len(crop) - 1, -1, -1) if self.swap else range(len(crop))
+        for channel, source in enumerate(sources):  # no flipped copy
+            torch.mul(crop[source], 1.0 / self.peak, out=out[channel])
+
+
+def crop_halves(sample: dict, frames: int, swap: float, rng: np.random.Generator) -> dict:
+    """Decoded segment (``clip_to_peak``ed) -> a random crop of ``frames`` frames as its two ``halves``
+    (``Window``s, nothing copied yet), its channels swapped with probability ``swap``."""
+    record = sample["record"]
     spec = torch.from_numpy(sample["spec"])
-    normalise(spec, sample["record"]["max_magnitude"], out=spec)
-    return {**sample, "spec": spec}
+    start, swapped = crop_start(spec.shape[-1], frames, rng), bool(rng.random() < swap)
+    halves = tuple(Window(spec, float(record["max_magnitude"]), start + offset, swapped)
+                   for offset in (0, frames // 2))
+    return {"key": sample["key"], "track": str(record["track_id"]), "halves": halves}
 
 
-def crop_magnitude(sample: dict, frames: int, bins: int, swap: float, rng: np.random.Generator) -> dict:
-    """Normalised segment (``normalise_segment``) -> ``target`` float16 ``[C, bins, frames]``: a copy
-    of a random window, its channels swapped with probability ``swap``."""
-    record, spec = sample["record"], sample["spec"]
-    start = crop_start(spec.shape[-1], frames, rng)
-    crop = spec[:, :bins, start : start + frames]
-    target = torch.empty_like(crop)  # frames-major, as the segment
-    order = range(len(crop) - 1, -1, -1) if rng.random() < swap else range(len(crop))
-    for channel, source in enumerate(order):  # no flipped copy
-        target[channel].copy_(crop[source])
-    return {"key": sample["key"], "track": str(record["track_id"]), "target": target}
+def defer_crop(sample: dict, cfg: LoaderConfig, bins: int) -> dict:
+    """A paired, masked crop -> its batch entries, ``input`` and ``target`` ``Deferred``: written by
+    ``write_crop`` straight into the batch (frames-major, as the segments)."""
+    layout = ((len(sample["halves"][0].spec), bins, cfg.crop_frames), torch.float16, (0, 2, 1))
+    return {
+        "key": sample["key"], "track": sample["track"], "pair_track": sample["pair_track"],
+        "is_next": sample["is_next"], "masked": sample["masked"],
+        "deferred": Deferred({"target": layout, "input": layout},
+                             lambda rows: write_crop(sample, cfg, rows["target"], rows["input"])),
+    }
 
 
 @dataclass(frozen=True)
 class PretrainTask:
-    """The pretraining stages between decoding and batching: normalise -> crops -> next-segment pairs
-    -> span masking."""
+    """The pretraining stages between decoding and batching: clip -> crops (as windows) -> next-segment
+    pairs -> span masking -> written into the batch at collate time."""
 
     cfg: LoaderConfig
     bins: int
 
     def __call__(self, seeds: Seeds, skips: Skips) -> list:
         cfg = self.cfg
-        crop = partial(crop_magnitude, frames=cfg.crop_frames, bins=self.bins, swap=cfg.channel_swap,
-                       rng=seeds.numpy("crop"))
+        crop = partial(crop_halves, frames=cfg.crop_frames, swap=cfg.channel_swap, rng=seeds.numpy("crop"))
         return [
             partial(long_enough, frames=cfg.crop_frames, skips=skips),
-            each(normalise_segment),
+            each(clip_to_peak),
             partial(interleaved, f=crop, times=cfg.crops_per_segment, pool=cfg.segment_pool,
                     rng=seeds.numpy("interleave")),
             partial(next_segment_pairs, cfg=cfg, rng=seeds.numpy("pair")),
             each(partial(mask_sample, cfg=cfg, rng=seeds.numpy("mask"))),
+            each(partial(defer_crop, cfg=cfg, bins=self.bins)),
         ]
 
 

@@ -40,31 +40,26 @@ def seam_tokens(n_tokens: int) -> tuple[int, int]:
 def next_segment_pairs(
     samples: Iterable[dict], cfg: LoaderConfig, rng: np.random.Generator
 ) -> Iterator[dict]:
-    """Stream stage: adds ``is_next`` and ``pair_track`` to crops ``target`` ``[C, bins, T]``, whose
-    second half (modified in place) is, with probability ``1 - next_prob``, a crop of another track.
+    """Stream stage: adds ``is_next`` and ``pair_track`` to crops whose ``halves`` (two windows of
+    ``crop_frames // 2`` frames, see ``pipeline.loader.Window``) are consecutive; the second half
+    becomes, with probability ``1 - next_prob``, the second half of a recent crop of another track.
 
-    ``pool`` keeps (views of) the second halves of the last ``cfg.pair_pool`` crops kept whole (the
-    stream is already shuffled, so they are a random draw; each is used about once on average); a
-    foreign half is copied from an entry of another track. While the pool holds no other track (the
-    first crops of a stream, or a one-track library), the true continuation is kept. The separator
-    is written over the seam of every crop. With ``cfg.next_segment`` off, crops pass unchanged
-    with ``is_next`` true.
+    ``pool`` keeps the second halves of the last ``cfg.pair_pool`` crops kept whole (the stream is
+    already shuffled, so they are a random draw; each is used about once on average). While the pool
+    holds no other track (the first crops of a stream, or a one-track library), the true
+    continuation is kept. With ``cfg.next_segment`` off, crops pass with ``is_next`` true.
     """
-    pool: deque[dict] = deque(maxlen=cfg.pair_pool)
+    pool: deque[tuple[str, object]] = deque(maxlen=cfg.pair_pool)  # (track, second half)
     for sample in samples:
-        target, track = sample["target"], sample["track"]
-        pair_track = track
+        first, second = sample["halves"]
+        track = pair_track = sample["track"]
         if cfg.next_segment:
-            half, width = target.shape[-1] // 2, cfg.token_frames // 2
-            others = [i for i, entry in enumerate(pool) if entry["track"] != track]
+            others = [entry for entry in pool if entry[0] != track]
             if rng.random() >= cfg.next_prob and others:
-                entry = pool[others[rng.integers(len(others))]]
-                target[..., half:] = entry["half"]
-                pair_track = entry["track"]
+                pair_track, second = others[rng.integers(len(others))]
             else:
-                pool.append({"track": track, "half": target[..., half:]})
-            write_separator(target, half - width, half + width)
-        yield {**sample, "is_next": pair_track == track, "pair_track": pair_track}
+                pool.append((track, second))
+        yield {**sample, "halves": (first, second), "is_next": pair_track == track, "pair_track": pair_track}
 
 
 def select_tokens(
@@ -83,24 +78,38 @@ def select_tokens(
     return kinds
 
 
-def apply_mask(target: torch.Tensor, kinds: np.ndarray, token_frames: int, rng: np.random.Generator):
-    """The masked input: ``target`` ``[C, bins, T]`` with WHITE tokens 1.0, NOISE tokens max(U(0, 1), x)."""
-    masked = target.clone()
+def apply_mask(x: torch.Tensor, kinds: np.ndarray, token_frames: int, rng: np.random.Generator):
+    """Mask ``x`` ``[C, bins, T]`` (a copy of the target) in place: WHITE tokens 1.0, NOISE tokens
+    max(U(0, 1), x)."""
     for token in np.flatnonzero(kinds):
-        frames = masked[..., token * token_frames : (token + 1) * token_frames]
+        frames = x[..., token * token_frames : (token + 1) * token_frames]
         if kinds[token] == WHITE:
             frames.fill_(1.0)
         elif kinds[token] == NOISE:
             noise = torch.from_numpy(rng.random(frames.shape, dtype=np.float32))
             torch.maximum(frames, noise.to(frames.dtype), out=frames)
-    return masked
 
 
 def mask_sample(sample: dict, cfg: LoaderConfig, rng: np.random.Generator) -> dict:
-    """Add ``input`` ``[C, bins, T]`` (the masked target) and ``masked`` bool ``[T]`` (selected frames)."""
-    target = sample["target"]
-    n_tokens = target.shape[-1] // cfg.token_frames
+    """Stream stage: draws the mask of a crop of ``cfg.crop_frames`` frames: adds ``kinds`` (int8
+    ``[tokens]``, as ``select_tokens``), ``masked`` (bool ``[T]``, the selected frames) and
+    ``noise_seed`` (of the NOISE tokens' values, drawn when the crop is written)."""
+    n_tokens = cfg.crop_frames // cfg.token_frames
     exclude = seam_tokens(n_tokens) if cfg.next_segment else ()
     kinds = select_tokens(n_tokens, cfg, rng, exclude)
     masked = torch.from_numpy(np.repeat(kinds > 0, cfg.token_frames))
-    return {**sample, "input": apply_mask(target, kinds, cfg.token_frames, rng), "masked": masked}
+    return {**sample, "kinds": kinds, "masked": masked, "noise_seed": int(rng.integers(2**63))}
+
+
+def write_crop(sample: dict, cfg: LoaderConfig, target: torch.Tensor, masked_input: torch.Tensor):
+    """Write a paired, masked crop (``next_segment_pairs`` then ``mask_sample``) into ``target``
+    and ``masked_input`` ``[C, bins, T]``: the two halves normalised, the separator over the seam
+    (with ``cfg.next_segment``), then the input as the target with the mask applied."""
+    half = target.shape[-1] // 2
+    for window, frames in zip(sample["halves"], (target[..., :half], target[..., half:]), strict=True):
+        window.write(frames)
+    if cfg.next_segment:
+        width = cfg.token_frames // 2
+        write_separator(target, half - width, half + width)
+    masked_input.copy_(target)
+    apply_mask(masked_input, sample["kinds"], cfg.token_frames, np.random.default_rng(sample["noise_seed"]))

@@ -14,7 +14,8 @@ the stream raises a RuntimeError naming the last shard and its error instead of 
 Memory: a crop is 4 MB of float16 and its masked input another 4; fresh memory costs a page fault
 per 4 KB page on first touch (3-5 us each in this VM: 5-10 ms per crop, more than all the
 processing), so a worker keeps what it frees (``keep_freed_memory``) and batches are written into a
-small ring of reused (shared-memory) tensors, ``BatchRing``.
+small ring of reused (shared-memory) tensors, ``BatchRing``; a task can have its crops written
+straight into that ring (``Deferred``) instead of building them and then copying them.
 """
 
 from __future__ import annotations
@@ -221,28 +222,40 @@ def normalise(magnitude: torch.Tensor, peak: float, dtype: torch.dtype = torch.f
     return out.clamp_(0.0, 1.0)
 
 
-def stack(values: list[torch.Tensor], shared: bool, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``torch.stack`` that keeps the samples' memory order (a frames-major ``[C, bins, T]`` view
-    stays frames-major: a plain copy instead of a transpose), into ``out`` (as ``stack_buffer``
-    makes it) or a new tensor, in shared memory if ``shared``."""
+@dataclass(frozen=True)
+class Deferred:
+    """Big tensors of a sample that are computed straight into its row of the batch at collate time,
+    so a crop is written once, into (shared) batch memory, instead of being built and then copied.
+
+    ``layout`` maps each tensor's name to its shape, dtype and memory order (dimensions from the
+    outermost to the innermost, as ``memory_order`` gives them); ``write(rows)`` fills the rows
+    ``{name: tensor of that layout}``. A sample holds one under the key ``"deferred"``.
+    """
+
+    layout: dict[str, tuple[tuple[int, ...], torch.dtype, tuple[int, ...]]]
+    write: Callable[[dict[str, torch.Tensor]], None]
+
+
+def stack(values: list[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """``torch.stack`` into ``out`` (as ``stack_buffer`` makes it for ``values[0]``'s memory order)
+    that keeps the samples' memory order (a frames-major ``[C, bins, T]`` view stays frames-major: a
+    plain copy instead of a transpose)."""
     order = memory_order(values[0])
-    if out is None:
-        out = stack_buffer(values[0], len(values), shared)
     torch.stack([value.permute(order) for value in values], out=out.permute(0, *(1 + d for d in order)))
     return out
 
 
-def memory_order(x: torch.Tensor) -> list[int]:
+def memory_order(x: torch.Tensor) -> tuple[int, ...]:
     """``x``'s dimensions from the outermost in memory to the innermost."""
-    return sorted(range(x.dim()), key=lambda d: -x.stride(d))
+    return tuple(sorted(range(x.dim()), key=lambda d: -x.stride(d)))
 
 
-def stack_buffer(like: torch.Tensor, n: int, shared: bool) -> torch.Tensor:
-    """An uninitialised ``[n, *like.shape]`` tensor with ``like``'s memory order, shared if ``shared``."""
-    order = memory_order(like)
-    out = torch.empty((n, *(like.shape[d] for d in order)), dtype=like.dtype)
+def stack_buffer(shape: tuple[int, ...], dtype: torch.dtype, order: tuple[int, ...], n: int,
+                 shared: bool) -> torch.Tensor:
+    """An uninitialised ``[n, *shape]`` tensor whose rows have the memory ``order``, shared if ``shared``."""
+    out = torch.empty((n, *(shape[d] for d in order)), dtype=dtype)
     out = out.share_memory_() if shared else out
-    return out.permute(0, *(1 + order.index(d) for d in range(like.dim())))
+    return out.permute(0, *(1 + order.index(d) for d in range(len(shape))))
 
 
 class BatchRing:
@@ -265,19 +278,30 @@ class BatchRing:
         self.next = 0
 
     def collate(self, samples: list[dict]) -> dict:
-        """Samples -> a batch: tensors stacked ``[B, ...]`` into a free slot (in a worker: shared
-        memory, so they cross to the main process without another copy), bools and numbers as
-        tensors, the rest (strings) as lists; ``ring`` says which slot holds the batch (or None)."""
+        """Samples -> a batch: tensors stacked ``[B, ...]`` and ``Deferred`` tensors written into a
+        free slot (in a worker: shared memory, so they cross to the main process without another
+        copy), bools and numbers as tensors, the rest (strings) as lists; ``ring`` says which slot
+        holds the batch (or None)."""
         worker, _ = worker_info()
         shared = get_worker_info() is not None
         slot = self.free_slot(worker) if shared else None  # in-process, the ring's own reference would pin it
         batch, stacked = {}, []
+
+        def buffer(name: str, shape: tuple, dtype: torch.dtype, order: tuple) -> torch.Tensor:
+            stacked.append(name)
+            if slot is None:
+                return stack_buffer(shape, dtype, order, len(samples), shared)
+            return self.buffer(slot, name, (len(samples), *shape), dtype, order)
+
         for name, first in samples[0].items():
             values = [sample[name] for sample in samples]
-            if isinstance(first, torch.Tensor):
-                out = self.buffer(slot, name, first, len(values), shared) if slot is not None else None
-                batch[name] = stack(values, shared, out)
-                stacked.append(name)
+            if isinstance(first, Deferred):
+                rows = {key: buffer(key, *layout) for key, layout in first.layout.items()}
+                for i, value in enumerate(values):
+                    value.write({key: out[i] for key, out in rows.items()})
+                batch.update(rows)
+            elif isinstance(first, torch.Tensor):
+                batch[name] = stack(values, buffer(name, first.shape, first.dtype, memory_order(first)))
             elif isinstance(first, (bool, int, float)):
                 batch[name] = torch.tensor(values)
             else:
@@ -301,12 +325,11 @@ class BatchRing:
                 return slot
         return None
 
-    def buffer(self, slot: int, name: str, like: torch.Tensor, n: int, shared: bool) -> torch.Tensor:
-        """The slot's tensor for ``name``, (re)made when the samples' shape, type or order changed."""
+    def buffer(self, slot: int, name: str, shape: tuple, dtype: torch.dtype, order: tuple) -> torch.Tensor:
+        """The slot's tensor for ``name``, (re)made when the batch's shape, type or order changed."""
         out = self.slots[slot].get(name)
-        if out is None or out.shape != (n, *like.shape) or out.dtype != like.dtype or \
-                memory_order(out[0]) != memory_order(like):
-            out = self.slots[slot][name] = stack_buffer(like, n, shared)
+        if out is None or out.shape != shape or out.dtype != dtype or memory_order(out[0]) != order:
+            out = self.slots[slot][name] = stack_buffer(shape[1:], dtype, order, shape[0], True)
         return out
 
     def release_on_drop(self, batch: dict, ring: tuple | None) -> None:

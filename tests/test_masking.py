@@ -6,7 +6,7 @@ import torch
 
 from configs import ConfigError
 from configs.loader import LoaderConfig
-from pipeline.loader import loader_config
+from pipeline.loader import crop_halves, loader_config
 from pipeline.masking import (
     KEEP,
     NOISE,
@@ -16,6 +16,7 @@ from pipeline.masking import (
     next_segment_pairs,
     seam_tokens,
     select_tokens,
+    write_crop,
     write_separator,
 )
 
@@ -46,20 +47,21 @@ def test_at_least_one_token_is_selected():
 
 def test_apply_mask_kinds():
     target = crop()
+    masked = target.clone()
     kinds = np.array([WHITE, 0, NOISE, KEEP, 0, 0, 0, WHITE], dtype=np.int8)
-    masked = apply_mask(target, kinds, 8, np.random.default_rng(0))
+    apply_mask(masked, kinds, 8, np.random.default_rng(0))
     tokens, clean = masked.view(2, 16, 8, 8), target.view(2, 16, 8, 8)
     assert (tokens[:, :, [0, 7]] == 1.0).all()
     assert torch.equal(tokens[:, :, [1, 3, 4, 5, 6]], clean[:, :, [1, 3, 4, 5, 6]])
     assert (tokens[:, :, 2] >= clean[:, :, 2]).all() and not torch.equal(tokens[:, :, 2], clean[:, :, 2])
-    assert torch.equal(target, crop())  # the target is not touched
 
 
 def test_mask_sample_frames_align_to_tokens():
     cfg = LoaderConfig(crop_frames=64, token_frames=8, mask_rate=0.4)
-    out = mask_sample({"target": crop()}, cfg, np.random.default_rng(2))
+    out = mask_sample({"key": "k"}, cfg, np.random.default_rng(2))
     per_token = out["masked"].view(8, 8)
-    assert out["masked"].dtype == torch.bool and out["input"].shape == (2, 16, 64)
+    assert out["masked"].dtype == torch.bool and out["kinds"].shape == (8,)
+    assert torch.equal(per_token.any(1), torch.from_numpy(out["kinds"] > 0))
     assert (per_token.all(1) == per_token.any(1)).all()
     assert not per_token[list(seam_tokens(8))].any()
 
@@ -72,31 +74,67 @@ def test_separator_pattern():
     assert torch.equal(spec[..., :12], clean[..., :12]) and torch.equal(spec[..., 20:], clean[..., 20:])
 
 
+def segment_sample(i: int, tracks: int = 5, frames: int = 96) -> dict:
+    """A decoded segment as ``decode_sample`` gives it: float16 ``[C, F, T]`` frames-major, its peak 2."""
+    spec = np.ascontiguousarray(crop(frames, i).numpy().transpose(0, 2, 1)).transpose(0, 2, 1) * 2
+    return {"key": f"k{i}", "spec": spec, "record": {"track_id": f"t{i % tracks}", "max_magnitude": 2.0}}
+
+
+def write(sample: dict, cfg: LoaderConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    target, masked_input = (torch.empty(2, 16, cfg.crop_frames, dtype=torch.float16) for _ in range(2))
+    write_crop(sample, cfg, target, masked_input)
+    return target, masked_input
+
+
 def test_next_segment_pairs_foreign_halves():
     cfg = LoaderConfig(crop_frames=64, token_frames=8)
-    samples = [{"key": f"k{i}", "track": f"t{i % 5}", "target": crop(64, i)} for i in range(600)]
-    out = list(next_segment_pairs(({**s, "target": s["target"].clone()} for s in samples), cfg,
-                                  np.random.default_rng(3)))
+    rng = np.random.default_rng(3)
+    segments = [segment_sample(i) for i in range(600)]
+    crops = [crop_halves(s, 64, 0.5, rng) for s in segments]
+    out = [mask_sample(o, cfg, rng) for o in next_segment_pairs(iter(crops), cfg, rng)]
     is_next = np.array([o["is_next"] for o in out])
     assert abs(is_next.mean() - 0.5) < 0.06
-    for sample, o in zip(samples, out, strict=True):
+    for c, o in zip(crops, out, strict=True):
         assert (o["pair_track"] == o["track"]) == o["is_next"]
-        assert torch.equal(o["target"][..., :28], sample["target"][..., :28])
-        seam = o["target"][..., 28:36]
-        assert (seam[:, 0::2] == 1.0).all() and (seam[:, 1::2] == 0.0).all()
-        second = o["target"][..., 36:]
+        first, second = c["halves"]
+        target, masked_input = write(o, cfg)
+        clean = torch.empty(2, 16, 32, dtype=torch.float16)
+        first.write(clean)
+        assert torch.equal(target[..., :28], clean[..., :28])
+        for x in (target, masked_input):
+            seam = x[..., 28:36]
+            assert (seam[:, 0::2] == 1.0).all() and (seam[:, 1::2] == 0.0).all()
         if o["is_next"]:
-            assert torch.equal(second, sample["target"][..., 36:])
+            second.write(clean)
+            assert torch.equal(target[..., 36:], clean[..., 4:])
         else:  # the second half of an earlier crop of another track
-            sources = [s["target"][..., 36:] for s in samples if s["track"] == o["pair_track"]]
-            assert any(torch.equal(second, source) for source in sources)
+            assert any(o["halves"][1] is p["halves"][1] for p in crops if p["track"] == o["pair_track"])
+        unselected = np.repeat(o["kinds"] == 0, 8)
+        assert torch.equal(masked_input[..., unselected], target[..., unselected])
+
+
+def test_crop_is_the_normalised_window_with_channels_swapped():
+    sample = segment_sample(7)
+    spec = torch.from_numpy(sample["spec"]).float()
+    for swap in (0.0, 1.0):
+        halves = crop_halves(sample, 64, swap, np.random.default_rng(0))["halves"]
+        out = torch.empty(2, 16, 32, dtype=torch.float16)
+        halves[1].write(out)
+        start = halves[1].start
+        expected = (spec[:, :, start : start + 32] / 2).clamp(0, 1)
+        assert torch.equal(out.float(), (expected.flip(0) if swap else expected).half().float())
 
 
 def test_next_segment_off_passes_crops_unchanged():
     cfg = LoaderConfig(crop_frames=64, token_frames=8, next_segment=False)
-    samples = [{"key": f"k{i}", "track": f"t{i}", "target": crop(64, i)} for i in range(20)]
-    out = list(next_segment_pairs(iter(samples), cfg, np.random.default_rng(0)))
-    assert all(o["is_next"] and torch.equal(o["target"], crop(64, i)) for i, o in enumerate(out))
+    rng = np.random.default_rng(0)
+    crops = [crop_halves(segment_sample(i, tracks=20), 64, 0.0, rng) for i in range(20)]
+    out = list(next_segment_pairs(iter(crops), cfg, rng))
+    assert all(o["is_next"] and o["halves"][1] is c["halves"][1] for c, o in zip(crops, out, strict=True))
+    target, _ = write(mask_sample(out[0], cfg, rng), cfg)
+    start = out[0]["halves"][0].start
+    spec = torch.from_numpy(segment_sample(0, tracks=20)["spec"])
+    assert torch.equal(target, (spec[:, :, start : start + 64] / 2).clamp(0, 1))
 
 
 def test_options_override_and_validate():

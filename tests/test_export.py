@@ -1,6 +1,8 @@
 """The exported model file: self-contained, checked, never unpickled; ONNX and TorchScript agree with it."""
 
+import os
 import pickle
+import stat
 
 import numpy as np
 import pytest
@@ -95,11 +97,17 @@ def test_other_files_are_refused_with_a_clear_message(tmp_path):
 def test_export_command_turns_a_trainer_checkpoint_into_a_model_file(tmp_path):
     torch.manual_seed(1)
     model = build_model(small_config())
-    save_checkpoint(tmp_path / "run" / "checkpoints", 100, {"model": model}, {"step": 100},
-                    {"config": small_config().to_dict()}, keep_last=2)
-    out = CliRunner().invoke(main, ["export", str(tmp_path / "run"), str(tmp_path / "m.safetensors"),
-                                    "--set", "model.sdpa=false"])
+    umask = os.umask(0o022)
+    try:
+        checkpoint = save_checkpoint(tmp_path / "run" / "checkpoints", 100, {"model": model}, {"step": 100},
+                                     {"config": small_config().to_dict()}, keep_last=2)
+        out = CliRunner().invoke(main, ["export", str(tmp_path / "run"), str(tmp_path / "m.safetensors"),
+                                        "--set", "model.sdpa=false"])
+    finally:
+        os.umask(umask)
     assert out.exit_code == 0, out.output
+    for file in (checkpoint / "model.safetensors", tmp_path / "m.safetensors"):  # not safetensors' own 0600
+        assert stat.S_IMODE(file.stat().st_mode) == 0o644
     loaded, config = load_model(tmp_path / "m.safetensors")
     assert config.model.sdpa is False  # --set merged over the checkpoint's config
     for name, tensor in model.state_dict().items():

@@ -45,6 +45,7 @@ def save_checkpoint(root: Path, step: int, models: dict[str, nn.Module], state: 
     tmp.mkdir()
     for name, model in models.items():
         save_model(model, str(tmp / f"{name}.safetensors"))
+        default_permissions(tmp / f"{name}.safetensors")
     torch.save(state, tmp / "state.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step, **meta}, indent=1))
     for file in tmp.iterdir():
@@ -101,6 +102,13 @@ def load_state(file: Path) -> dict:
         ) from None
     except (FileNotFoundError, RuntimeError, EOFError) as err:
         raise CheckpointError(f"{file}: unreadable ({str(err).splitlines()[0]})") from None
+
+
+def default_permissions(path: Path) -> None:
+    """Give a file safetensors wrote (always mode 0600) the mode a new file gets under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _write_atomic(path: Path, text: str) -> None:

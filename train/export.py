@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from configs import Config, ConfigError, from_dict, merge
 from configs.audio import AudioConfig
 from model import build_model
-from train.checkpoint import latest_checkpoint
+from train.checkpoint import default_permissions, latest_checkpoint
 
 FORMAT = "specbert-separator"
 FORMAT_VERSION = 1
@@ -68,6 +68,7 @@ def save_model_file(model: nn.Module, config: Config, path: str | Path) -> Path:
     }
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    default_permissions(tmp)
     tmp.replace(path)
     return path
 

@@ -339,6 +339,9 @@ def _names(rng: np.random.Generator, count: int, prefix: str = "") -> list[str]:
             for i in range(count)]
 
 
+_WRITE_FRAMES = 1 << 15  # frames per soundfile write (github.com/libsndfile/libsndfile/issues/1095)
+
+
 def _write_audio(path: Path, audio: np.ndarray, sr: int, fmt: str, tags: dict) -> None:
     """Write ``[2, N]`` float audio with artist/album/title/tracknumber tags."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -355,7 +358,8 @@ def _write_audio(path: Path, audio: np.ndarray, sr: int, fmt: str, tags: dict) -
     with sf.SoundFile(path, "w", sr, audio.shape[0], subtype=subtype, format=container) as f:
         for key, value in tags.items():
             setattr(f, key, value)
-        f.write(audio.T)
+        for start in range(0, audio.shape[1], _WRITE_FRAMES):  # libvorbis overflows its stack on big writes
+            f.write(audio[:, start : start + _WRITE_FRAMES].T)
 
 
 def write_example_library(root, seed: int = 0, artists: int = 3, albums_per_artist: int = 2,

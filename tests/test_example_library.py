@@ -83,6 +83,13 @@ def test_m4a_through_ffmpeg(tmp_path):
     assert abs(len(audio) - 2 * SR) <= 2048 and np.abs(audio).max() > 1000
 
 
+def test_a_long_ogg_is_written_whole(tmp_path):
+    """libvorbis crashed the process (stack overflow) when 50 s went to soundfile in one write."""
+    (path,) = write_example_library(tmp_path, artists=1, albums_per_artist=1, songs_per_album=1, seconds=50.0,
+                                    formats=("ogg",))
+    assert sf.info(str(path)).frames == 50 * SR
+
+
 def test_library_is_deterministic_by_seed(tmp_path):
     first, again, other = _songs(0, tmp_path / "a"), _songs(0, tmp_path / "b"), _songs(1, tmp_path / "c")
     assert [p.relative_to(tmp_path / "a") for p in first] == [p.relative_to(tmp_path / "b") for p in again]

@@ -43,6 +43,11 @@ class _DepthwiseTimeConv(torch.autograd.Function):
         return grad_x, grad_w, grad.sum((0, 1))
 
 
+def plain_ops() -> bool:
+    """Whether hand-written kernels must give way to plain, traceable modules: tracing, ONNX export."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def _taps(length: int, kernel_size: int):
     """``(j, lo, hi)`` for every tap but the centre: output frames ``lo:hi`` read frames shifted by
     ``j - kernel_size // 2`` (the others fall into the zero padding)."""
@@ -69,7 +74,7 @@ class TimeConv(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         weight, bias, k = self.conv.weight, self.conv.bias, self.conv.kernel_size[0]
-        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():  # export: the plain, traceable conv
+        if plain_ops():  # custom autograd and unfold do not export
             return self.conv(x.transpose(1, 2)).transpose(1, 2)
         if self.conv.groups > 1:  # weight [C, 1, k]
             return _DepthwiseTimeConv.apply(x, weight[:, 0].T.to(x.dtype), bias.to(x.dtype))

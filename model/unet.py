@@ -13,27 +13,8 @@ from torch import Tensor, nn
 
 from configs.model import ModelConfig
 from model.blocks import EvolvedBlock
+from model.frame_conv import FrameConv
 from model.heads import MaskHead, NextSegmentHead
-
-
-class FrameConv(nn.Conv2d):
-    """A (k, 1) convolution with stride (s, 1), "same" padding along frequency, no bias.
-
-    ``[B, Cin, F, T] -> [B, Cout, F / s, T]``.  With few channels (``Cin * Cout <= 64``) it runs in
-    channels_last memory format, which oneDNN computes 2-5x faster on CPU for such convolutions (and
-    slower for wide ones); the output is converted back, since BatchNorm over few channels is several
-    times slower in channels_last.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
-        padding = (kernel_size // 2, 0)
-        super().__init__(in_channels, out_channels, (kernel_size, 1), (stride, 1), padding, bias=False)
-        self.channels_last = in_channels * out_channels <= 64
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.channels_last:
-            return super().forward(x)
-        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
 def frame_convs(in_channels: int, channels: int, kernel_size: int, stride: int = 1) -> nn.Sequential:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from configs import ConfigError, load_config
 from model import build_discriminator, build_model, describe
 from model.attention import Attention, TimeConv, skew
+from model.frame_conv import FrameConv
 
 STATED_SIZES = {"tiny": 1.8e6, "base": 50e6, "large": 200e6, "flat": 50e6}  # as the presets' comments say
 
@@ -117,6 +119,23 @@ def test_time_conv_equals_conv1d(groups, kernel_size, length):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("channels", [(2, 3), (9, 1)])
+@pytest.mark.parametrize("kernel_size, stride", [(1, 1), (3, 1), (3, 2), (5, 2), (3, 3)])
+@pytest.mark.parametrize("bins", [1, 12, 13])
+def test_frame_conv_equals_conv2d(channels, kernel_size, stride, bins):
+    """A narrow FrameConv computes on CPU with its own maths; values and gradients are nn.Conv2d's."""
+    torch.manual_seed(0)
+    conv = FrameConv(*channels, kernel_size, stride)
+    x = torch.randn(2, channels[0], bins, 5, requires_grad=True)
+    ours, reference = conv(x), nn.Conv2d.forward(conv, x)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(ours)
+    inputs = [x, *conv.parameters()]
+    grads = [torch.autograd.grad(y, inputs, grad) for y in (ours, reference)]
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
 # --- the whole model ----------------------------------------------------------------------------------
 
 
@@ -182,6 +201,14 @@ def test_masked_frames_use_their_context():
     mask, _ = model(x)
     (grad,) = torch.autograd.grad(mask[..., 12:20].sum(), x)
     assert grad[..., :12].abs().sum() > 0 and grad[..., 20:].abs().sum() > 0
+
+
+def test_bf16_autocast_training_step():
+    model = tiny().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mask, next_logit = model(spectrogram(2, 12))
+    (mask.mean() + next_logit.mean()).backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
 
 
 def test_bf16_autocast_forward():

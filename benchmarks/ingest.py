@@ -1,6 +1,6 @@
 """Ingest throughput and storage, printed as figures (not a timed test).
 
-    .venv/bin/python benchmarks/ingest.py [--minutes 20] [--library DIR] [--work DIR]
+    .venv/bin/python -m benchmarks.ingest [--minutes 20] [--library DIR] [--work DIR] [--runs 3]
 
 On a generated library of FLAC files (songs rendered by pipeline/example_library.py, each file a
 different cut, gain and rotation of them):
@@ -8,9 +8,10 @@ different cut, gain and rotation of them):
    (hash + tags + decode + STFT + codec + tar), as x realtime and their ratio (target >= 0.5);
 2. the hardware ceiling: the two halves of the library ingested in-process one after the other vs in
    two processes at once (what 2 cores give without Dask);
-3. the same through Dask: a LocalCluster with 1 worker, then 2 (workers warmed up first), and the
-   scaling (target >= 1.8x on a quiet 2-core machine), against the ceiling;
-   figures come from CPU time (robust when other processes share the machine) and wall time;
+3. the same through Dask: LocalClusters of 1 worker and of 2 (warmed up), runs alternating between
+   them, and the scaling (target >= 1.8x on a quiet 2-core machine), against the ceiling;
+   figures come from CPU time (robust when other processes share the machine) and wall time, medians
+   of ``--runs`` runs;
 4. bytes per hour of audio per codec against the source FLAC (target for the default <= 1.0x), with the
    max and RMS error in dB, on the music and on a noise-rich version of it.
 """
@@ -18,6 +19,7 @@ different cut, gain and rotation of them):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -90,11 +92,13 @@ def timed(run) -> Timing:
     return Timing(time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def alternating(runs: int, *jobs) -> list[Timing]:
-    """Each job ``runs`` times, alternating (so all see the same machine), median CPU time of each."""
+def alternating(runs: int, *jobs, setup=lambda: None) -> list[Timing]:
+    """Each job ``runs`` times, alternating (so all see the same machine), median CPU time of each;
+    ``setup()`` (untimed) before every run."""
     timings = [[] for _ in jobs]
     for _ in range(runs):
         for job, times in zip(jobs, timings, strict=True):
+            setup()
             times.append(timed(job))
     return [sorted(times, key=lambda t: t.cpu)[runs // 2] for times in timings]
 
@@ -104,10 +108,16 @@ def decode_all(paths) -> None:
         sf.read(path, dtype="float32")
 
 
+def emptied(*folders: Path) -> None:
+    """Delete and recreate ``folders``, untimed: deleting the last run's shards is not ingest work (the
+    113 MB shard of the 20-minute library takes ~100 ms to delete, 3 % of the in-process wall time)."""
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+
+
 def ingest_in_process(paths: list[Path], out: Path, cfg) -> None:
-    """One core, no Dask: identify every file, then write them all as one shard."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    """One core, no Dask: identify every file, then write them all as one shard in ``out`` (empty)."""
     items = [{**identify(item), "split": "train"} for item in scan_library(paths)[0]]
     result = write_shard(ShardJob("train-000000-00000000.tar", "train", tuple(items), (str(out),), 0), cfg)
     assert all(t["status"] == "ok" for t in result["tracks"])
@@ -135,9 +145,12 @@ def hardware_ceiling(paths: list[Path], work: Path, cfg, runs: int) -> tuple[Tim
     (one process at a time) vs at once (two processes); median wall of ``runs`` alternating runs."""
     jobs = [(paths[0::2], work / "half0"), (paths[1::2], work / "half1")]
     alone, together = [], []
+    outs = [out for _, out in jobs]
     for _ in range(runs):
+        emptied(*outs)
         one = [in_processes([job], cfg) for job in jobs]
         alone.append(Timing(sum(t.wall for t in one), sum(t.cpu for t in one)))
+        emptied(*outs)
         together.append(in_processes(jobs, cfg))
     return (sorted(alone, key=lambda t: t.wall)[runs // 2], sorted(together, key=lambda t: t.wall)[runs // 2])
 
@@ -152,32 +165,49 @@ def worker_cpu_seconds() -> float:
     return times.user + times.system
 
 
-def time_ingest_dask(library: Path, out: Path, workers: int) -> Timing:
-    """An ingest on a warmed-up LocalCluster of ``workers`` workers set up as ``specbert ingest`` sets up
-    its own (shards of ~5 MB: enough tasks); CPU seconds are the workers' and this driver's (which runs
-    the scheduler)."""
+@contextlib.contextmanager
+def dask_cluster(library: Path, work: Path, workers: int):
+    """``(client, settings)`` of a warmed-up LocalCluster of ``workers`` workers set up as ``specbert ingest``
+    sets up its own (shards of ~5 MB: enough tasks)."""
     import dask
     from distributed import Client, LocalCluster
 
-    for folder in (out / "warmup", out / f"workers{workers}"):
-        shutil.rmtree(folder, ignore_errors=True)
     with dask.config.set(LOCAL_CLUSTER_CONFIG), \
             LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         cfg = settings(f"ingest.scheduler={cluster.scheduler_address}", "ingest.shard_bytes=5000000")
-        ingest_library([next(library.rglob("*.flac"))], [out / "warmup"], cfg, progress=False, log=quiet)
+        emptied(work)
+        ingest_library([next(library.rglob("*.flac"))], [work], cfg, progress=False, log=quiet)
         client.run(warm_up)  # every worker: imports and first calls are not throughput
-        before = sum(client.run(worker_cpu_seconds).values())
-        summary = None
+        yield client, cfg
 
-        def run():
-            nonlocal summary
-            summary = ingest_library([library], [out / f"workers{workers}"], cfg, progress=False, log=quiet)
 
-        timing = timed(run)
-        timing.cpu += sum(client.run(worker_cpu_seconds).values()) - before
+def time_ingest_dask(client, cfg, library: Path, out: Path) -> Timing:
+    """An ingest of ``library`` on ``client``'s cluster; CPU seconds are the workers' and this driver's
+    (which runs the scheduler)."""
+    emptied(out)
+    before = sum(client.run(worker_cpu_seconds).values())
+    summary = None
+
+    def run():
+        nonlocal summary
+        summary = ingest_library([library], [out], cfg, progress=False, log=quiet)
+
+    timing = timed(run)
+    timing.cpu += sum(client.run(worker_cpu_seconds).values()) - before
     assert summary.exit_code == 0
     return timing
+
+
+def dask_scaling(library: Path, work: Path, runs: int) -> tuple[Timing, Timing, float]:
+    """Ingests on 1 worker and on 2, alternating ``runs`` times (both clusters up, so pairs see the same
+    machine; the idle one's scheduler adds ~1 % to the driver's CPU time): the median run of each (by CPU
+    time) and the median wall-clock speedup of the pairs."""
+    with dask_cluster(library, work / "warmup1", 1) as one, dask_cluster(library, work / "warmup2", 2) as two:
+        pairs = [[time_ingest_dask(*cluster, library, work / "dask") for cluster in (one, two)]
+                 for _ in range(runs)]
+    medians = [sorted(times, key=lambda t: t.cpu)[runs // 2] for times in zip(*pairs, strict=True)]
+    return medians[0], medians[1], float(np.median([a.wall / b.wall for a, b in pairs]))
 
 
 def codec_figures(paths, seconds: float, noisy: bool) -> dict:
@@ -232,6 +262,8 @@ def main() -> None:
     parser.add_argument("--library", type=Path, default=None, help="Reuse (or create) this FLAC library.")
     parser.add_argument("--work", type=Path, default=None, help="Scratch folder (default: a temp folder).")
     parser.add_argument("--codec-files", type=int, default=8, help="Files used for the codec table.")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="Runs of each measurement, alternating (medians; more on a busy machine).")
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="specbert-bench-"))
     library = args.library or work / "library"
@@ -248,8 +280,9 @@ def main() -> None:
           "CPU-time figures hold)")
     cfg = settings()
     warm_up()
-    decode, ingest = alternating(3, lambda: decode_all(paths),
-                                 lambda: ingest_in_process(paths, work / "one", cfg))
+    decode, ingest = alternating(args.runs, lambda: decode_all(paths),
+                                 lambda: ingest_in_process(paths, work / "one", cfg),
+                                 setup=lambda: emptied(work / "one"))
     print("\n                                    x realtime per core   ratio to decode (target >= 0.5)")
     print("                                    CPU time   wall       CPU time   wall")
     report("1 core, decode only (soundfile)", seconds, decode, decode)
@@ -257,16 +290,18 @@ def main() -> None:
     stored = shard_bytes_per_hour(work / "one", seconds)
     print(f"shards ({cfg.ingest.codec}, tar): {stored:.3f} GB/h = {stored / flac_gb_h:.2f}x FLAC")
 
-    alone, together = hardware_ceiling(paths, work, cfg, runs=3)
+    alone, together = hardware_ceiling(paths, work, cfg, args.runs)
     print(f"hardware ceiling: 2 processes at once vs one at a time: {alone.wall / together.wall:.2f}x "
           f"wall-clock, CPU time {together.cpu / alone.cpu:.2f}x; load average now {os.getloadavg()[0]:.1f}")
-    one, two = (time_ingest_dask(library, work, n) for n in (1, 2))
+    one, two, speedup = dask_scaling(library, work, args.runs)
     report("Dask, 1 worker", seconds, one, decode)
     report("Dask, 2 workers (per core)", seconds, Timing(2 * two.wall, two.cpu), decode)
-    print(f"2 workers vs 1: {one.wall / two.wall:.2f}x faster wall-clock (target >= 1.8; ceiling "
-          f"{alone.wall / together.wall:.2f}x); load average now {os.getloadavg()[0]:.1f}")
+    print(f"2 workers vs 1: {speedup:.2f}x faster wall-clock (target >= 1.8; ceiling "
+          f"{alone.wall / together.wall:.2f}x), CPU time {two.cpu / one.cpu:.2f}x; load average now "
+          f"{os.getloadavg()[0]:.1f}")
 
     zarr_out = work / "zarr"
+    emptied(zarr_out)
     ingest_in_process(paths, zarr_out, settings("ingest.format=zarr"))
     print(f"\nzarr shards ({cfg.ingest.codec}): {shard_bytes_per_hour(zarr_out, seconds):.3f} GB/h")
     sample = paths[:: max(1, len(paths) // args.codec_files)][: args.codec_files]

@@ -1,7 +1,8 @@
 """Audio I/O and the STFT: the one module that turns files into spectrograms and back.
 
 Conventions (parameters in ``configs.audio.AudioConfig``):
-- waveforms are float32 ``[C, N]`` at ``sample_rate`` with ``channels`` channels;
+- waveforms are float32 ``[C, N]`` at ``sample_rate`` with ``channels`` channels, of any strides (a
+  decoded file is a transposed view of the decoder's interleaved ``[N, C]`` buffer: no copy);
 - the STFT is centred (reflect padding of ``n_fft // 2``) with a periodic Hann window, so
   ``T = 1 + N // hop`` frames, identical to ``torch.stft(..., center=True)``;
 - spectrograms are ``[C, bins, T]`` with ``bins = n_fft // 2 + 1``; the model sees the first
@@ -22,6 +23,7 @@ import numpy as np
 import scipy.fft
 import soundfile as sf
 import soxr
+from numpy.lib.stride_tricks import as_strided
 
 from configs.audio import AudioConfig
 
@@ -50,14 +52,15 @@ def read_audio(path: str | Path, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarr
 
 
 def decode(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a file at its own rate and channel count: float32 ``[C, N]`` and the rate."""
+    """Decode a file at its own rate and channel count: float32 ``[C, N]`` (a transposed view of
+    soundfile's ``[N, C]``; a contiguous copy of ffmpeg's read-only bytes) and the rate."""
     path = Path(path)
     if path.suffix.lower() in SOUNDFILE_EXTS:
         try:
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
             raise AudioError(f"cannot decode: {str(err).strip().splitlines()[0]}") from None
-        return np.ascontiguousarray(data.T), rate
+        return data.T, rate
     return _decode_ffmpeg(path)
 
 
@@ -111,11 +114,10 @@ def to_channels(wave: np.ndarray, channels: int) -> np.ndarray:
 
 
 def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """High-quality resampling with soxr; ``[C, N]`` in and out."""
+    """High-quality resampling with soxr; ``[C, N]`` in and out (a transposed view of soxr's ``[N, C]``)."""
     if rate == target:
         return wave
-    out = soxr.resample(wave.T, rate, target, quality="HQ")
-    return np.ascontiguousarray(out.T, dtype=np.float32)
+    return soxr.resample(wave.T, rate, target, quality="HQ").T.astype(np.float32, copy=False)
 
 
 @lru_cache(maxsize=4)
@@ -146,21 +148,42 @@ def stft_blocks(wave: np.ndarray, audio: AudioConfig = DEFAULT_AUDIO) -> Iterato
     """The STFT of ``stft`` in time blocks: ``(first frame, complex64 [C, frames, bins])``.
 
     Blocks are small enough to stay in cache, so per-block work (magnitude, float16) is cheap and
-    the whole complex STFT is never held.
+    the whole complex STFT is never held. Frames are strided views of ``wave`` (no copy of it, any
+    layout); only the first and last blocks copy their samples, to pad them.
     """
     n_fft, hop = audio.n_fft, audio.hop
     wave = np.asarray(wave, dtype=np.float32)
-    pad = n_fft // 2
-    mode = "reflect" if wave.shape[-1] > pad else "constant"
-    padded = np.pad(wave, ((0, 0), (pad, pad)), mode=mode)
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]  # [C, T, n_fft]
     total = num_frames(wave.shape[-1], audio)
     window = _window(n_fft)
     windowed = np.empty((wave.shape[0], min(_STFT_BLOCK, total), n_fft), dtype=np.float32)
     for start in range(0, total, _STFT_BLOCK):
         n = min(_STFT_BLOCK, total - start)
-        np.multiply(frames[:, start : start + n], window, out=windowed[:, :n])
+        first = start * hop - n_fft // 2  # of the frame ``start``, in the unpadded wave
+        samples = _centred_span(wave, first, first + (n - 1) * hop + n_fft, n_fft // 2)
+        np.multiply(_frames(samples, n_fft, hop), window, out=windowed[:, :n])
         yield start, scipy.fft.rfft(windowed[:, :n])
+
+
+def _frames(samples: np.ndarray, n_fft: int, hop: int) -> np.ndarray:
+    """The windows of ``n_fft`` samples every ``hop`` of ``samples`` ``[C, (n - 1) * hop + n_fft]``: a
+    read-only view ``[C, n, n_fft]``, as ``sliding_window_view(...)[:, ::hop]`` (a quarter of its cost)."""
+    channel, step = samples.strides
+    n = (samples.shape[1] - n_fft) // hop + 1
+    return as_strided(samples, (samples.shape[0], n, n_fft), (channel, hop * step, step), writeable=False)
+
+
+def _centred_span(wave: np.ndarray, lo: int, hi: int, pad: int) -> np.ndarray:
+    """Samples ``lo:hi`` (``-pad <= lo``, ``hi <= N + pad``) of ``wave`` ``[C, N]`` padded by ``pad`` on
+    each side as ``torch.stft(center=True, pad_mode="reflect")`` pads (zeros when ``N <= pad``, too
+    short to reflect): ``[C, hi - lo]``, a view when the span is inside the wave."""
+    length = wave.shape[-1]
+    if 0 <= lo and hi <= length:
+        return wave[:, lo:hi]
+    if length <= pad:
+        return np.pad(wave, ((0, 0), (pad, pad)))[:, lo + pad : hi + pad]
+    before, after = np.arange(lo, min(hi, 0)), np.arange(max(lo, length), hi)  # outside the wave
+    reflected = wave[:, -before], wave[:, 2 * (length - 1) - after]  # about samples 0 and N - 1
+    return np.concatenate([reflected[0], wave[:, max(lo, 0) : hi], reflected[1]], axis=1)
 
 
 def istft(spec: np.ndarray | torch.Tensor, length: int, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:

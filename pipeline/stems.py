@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 
 from configs import Config
@@ -118,9 +119,20 @@ def stems_track(item: dict, cfg: Config) -> Track:
     n = min(lengths.values())
     arrays, peaks = {}, {}
     for name, recipe in recipes.items():
-        wave = sum(sign * waves[source][:, :n] for sign, source in recipe)
-        arrays[name], peaks[name] = stored_array(wave, cfg.audio, keep_complex=True)
+        arrays[name], peaks[name] = stored_array(_mix(waves, recipe, n), cfg.audio, keep_complex=True)
     return Track(arrays, peaks["mixture"], n / cfg.audio.sample_rate)
+
+
+def _mix(waves: dict[str, np.ndarray], recipe: list[tuple[int, str]], n: int) -> np.ndarray:
+    """The first ``n`` samples of the stem that ``recipe`` makes from ``waves`` (``[C, N]`` each): a view
+    of a lone file, else one new array (a stem is a whole track: no temporary per term)."""
+    (sign, source), *rest = recipe
+    if not rest:
+        return waves[source][:, :n]  # a lone file is never negated
+    out = sign * waves[source][:, :n]
+    for sign, source in rest:
+        (np.add if sign > 0 else np.subtract)(out, waves[source][:, :n], out=out)
+    return out
 
 
 def _recipe(name: str, files: set[str]) -> list[tuple[int, str]]:

@@ -30,6 +30,20 @@ def test_stft_matches_torch_and_inverts():
     assert np.abs(back - wave).max() < 1e-3
 
 
+@pytest.mark.parametrize("audio, length", [
+    (AUDIO, 1000), (AUDIO, AUDIO.n_fft // 2 + 1),  # too short to reflect (zeros); the shortest that reflects
+    (AUDIO, 64 * AUDIO.hop - 1), (AUDIO, 64 * AUDIO.hop + 5),  # around the block boundary
+    (AudioConfig(n_fft=256, hop=256), 129), (AudioConfig(n_fft=256, hop=64), 70 * 64 + 200),
+])
+def test_stft_pads_edges_of_interleaved_input(audio, length):
+    """Edge frames are padded as torch pads the whole wave; a decoder's ``[N, C]`` buffer is used as is."""
+    wave = np.random.default_rng(length).standard_normal((length, 2)).astype(np.float32).T
+    mode = "reflect" if length > audio.n_fft // 2 else "constant"
+    ref = torch.stft(torch.from_numpy(np.ascontiguousarray(wave)), audio.n_fft, audio.hop, center=True,
+                     pad_mode=mode, window=torch.hann_window(audio.n_fft), return_complex=True).numpy()
+    np.testing.assert_allclose(stft(wave, audio), ref, rtol=0, atol=1e-6 * np.abs(ref).max())  # FFT rounding
+
+
 def test_stft_of_very_short_input():
     assert stft(np.zeros((2, 10), np.float32), AUDIO).shape == (2, AUDIO.bins, 1)
 

@@ -203,16 +203,6 @@ def crop_start(length: int, frames: int, rng: np.random.Generator) -> int:
     return int(rng.integers(length - frames + 1))
 
 
-def random_crop(
-    spec: np.ndarray, frames: int, rng: np.random.Generator, bins: int, swap: float, channel_axis: int = -3
-) -> torch.Tensor:
-    """A random window ``[..., C, :bins, start:start + frames]`` of ``spec`` ``[..., C, F, T]``
-    (a view when not swapped), its channels reversed with probability ``swap``."""
-    start = crop_start(spec.shape[-1], frames, rng)
-    crop = torch.from_numpy(spec[..., :bins, start : start + frames])
-    return crop.flip(channel_axis) if rng.random() < swap else crop
-
-
 def normalise(magnitude: torch.Tensor, peak: float, dtype: torch.dtype = torch.float16,
               out: torch.Tensor | None = None) -> torch.Tensor:
     """``clip(magnitude / peak, 0, 1)`` as a new ``dtype`` tensor of the same shape and memory order

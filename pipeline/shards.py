@@ -131,6 +131,7 @@ class ZarrShard:
             for name in files:
                 with open(os.path.join(folder, name), "rb+") as f:
                     os.fsync(f.fileno())
+            _fsync_folder(folder)  # its entries: the files and subfolders just written
         return _publish(self.temp, self.path)
 
     def abort(self) -> None:
@@ -140,12 +141,16 @@ class ZarrShard:
 def _publish(temp: Path, path: Path) -> int:
     """Rename ``temp`` to ``path`` durably; return the bytes it holds."""
     os.rename(temp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_folder(path.parent)
+    return shard_bytes(path)
+
+
+def _fsync_folder(folder: str | Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return shard_bytes(path)
 
 
 def shard_bytes(path: Path) -> int:

@@ -219,7 +219,8 @@ class Deferred:
 
     ``layout`` maps each tensor's name to its shape, dtype and memory order (dimensions from the
     outermost to the innermost, as ``memory_order`` gives them); ``write(rows)`` fills the rows
-    ``{name: tensor of that layout}``. A sample holds one under the key ``"deferred"``.
+    ``{name: tensor of that layout}``. A sample holds it under any key (``"deferred"`` by custom); the
+    batch gets the layout's names instead.
     """
 
     layout: dict[str, tuple[tuple[int, ...], torch.dtype, tuple[int, ...]]]

@@ -70,6 +70,7 @@ from pipeline.stages import (
     each,
     interleaved,
     long_enough,
+    peak_scale,
 )
 
 
@@ -159,7 +160,7 @@ class Window:
         crop = self.spec[:, :bins, self.start : self.start + frames]
         sources = range(len(crop) - 1, -1, -1) if self.swap else range(len(crop))
         for channel, source in enumerate(sources):  # no flipped copy
-            torch.mul(crop[source], 1.0 / self.peak, out=out[channel])
+            torch.mul(crop[source], peak_scale(self.peak), out=out[channel])
 
 
 def crop_halves(sample: dict, frames: int, swap: float, rng: np.random.Generator) -> dict:

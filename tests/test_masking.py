@@ -6,7 +6,7 @@ import torch
 
 from configs import ConfigError
 from configs.loader import LoaderConfig
-from pipeline.loader import crop_halves, loader_config
+from pipeline.loader import clip_to_peak, crop_halves, loader_config
 from pipeline.masking import (
     KEEP,
     NOISE,
@@ -123,6 +123,16 @@ def test_crop_is_the_normalised_window_with_channels_swapped():
         start = halves[1].start
         expected = (spec[:, :, start : start + 32] / 2).clamp(0, 1)
         assert torch.equal(out.float(), (expected.flip(0) if swap else expected).half().float())
+
+
+def test_a_silent_track_crops_to_zeros():
+    """A digitally silent track is ingested with peak 0; its crops are 0, not a division error."""
+    record = {"track_id": "t", "max_magnitude": 0.0}
+    sample = {"key": "k", "spec": np.zeros((2, 16, 96), np.float16), "record": record}
+    halves = crop_halves(clip_to_peak(sample), 64, 0.5, np.random.default_rng(0))["halves"]
+    out = torch.ones(2, 16, 32, dtype=torch.float16)
+    halves[0].write(out)
+    assert torch.equal(out, torch.zeros_like(out))
 
 
 def test_next_segment_off_passes_crops_unchanged():

@@ -1,8 +1,8 @@
 """Pretraining loader speed: crops per second per loader core, from tar and from zarr shards, against
 reading the raw samples of the same tar shards.
 
-    python benchmarks/loader.py                    # example library -> ingest (tar, zarr) under --data
-    python benchmarks/loader.py --batches 60 --workers 2
+    python -m benchmarks.loader                    # example library -> ingest (tar, zarr) under --data
+    python -m benchmarks.loader --batches 60 --workers 2
 
 Crops are the defaults: 1024 frames x 1024 bins, stereo, masked and paired, batches of 8, from
 segments of 2048 frames (codec f16r6), ``crops_per_segment`` crops per decoded segment. Rows (the
@@ -10,10 +10,11 @@ stage rows in CPU time per crop, a segment's reading and decoding shared by its 
 
     read tar (webdataset)   webdataset.WebDataset over the tar shards: raw bytes, nothing decoded
     read tar (loader)       the loader's reader (pipeline.stages.tar_samples), raw bytes
-    decode                  pipeline.shards.decode_sample (checksum + zstd + codec)
-    normalise / crop / pairs / mask    the loader's stages, each alone
-    collate (shared ring)   stacking input, target and masks into a reused shared-memory batch, as a
-                            worker does; then "processing" = decode .. collate against reading
+    decode                  pipeline.shards.decode_sample (checksum + blosc + codec)
+    clip / crop / pairs / mask    the loader's stages, each alone (crops are windows, masks draws)
+    write (shared ring)     collate: target and input written into a reused shared-memory batch, as
+                            a worker does; then "processing after decoding" = clip .. write, against
+                            reading (+ decoding), and with decoding against reading alone
     loader tar|zarr, W=n    the whole pipeline: W=0 runs in this process (one core does everything),
                             W=n runs n DataLoader workers; per core (wall) = crops/s / max(n, 1), and
                             crops per CPU second of the workers (W=0: of this process), which holds

@@ -2,6 +2,7 @@
 
     python -m benchmarks.model                      # CPU: tiny and base vs vanilla; GPU: also large MFU
     python -m benchmarks.model --configs tiny --threads 1
+    python -m benchmarks.model --configs --gpu-batch 8 16 --profile prof.txt   # GPU only
 
 FLOPs are counted analytically by ``model.flops.forward_flops`` (linear and convolution layers, the
 attention matmuls; not norms and activations); a backward pass costs twice the forward.  The vanilla
@@ -124,36 +125,61 @@ def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) ->
     print(f"  FLOP-rate ratio ours/vanilla: {(ours_flops / ours) / (ref_flops / ref):.2f}  (target >= 0.9)")
 
 
-def mfu_gpu(name: str, batch: int, frames: int, repeats: int, compile_model: bool) -> None:
+def mfu_gpu(
+    name: str, batch: int, frames: int, repeats: int, compile_model: bool, profile: str | None
+) -> None:
+    """Print the MFU of config ``name`` in bf16 (forward+backward) and of its vanilla reference."""
+    torch.backends.cudnn.benchmark = True  # as the trainer does
     torch.manual_seed(0)
     model = build_model(name).cuda()
     x = torch.rand(batch, 2, 1024, frames, device="cuda")
     flops = 3 * forward_flops(model, x)
+    cfg, _ = resolve(name)
+    vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout).cuda()
+    tokens = torch.randn(batch, frames, vanilla.widths[0][0], device="cuda")
+    ref_flops = 3 * vanilla.flops(batch, frames, cfg.expansion)
     if compile_model:
-        model = torch.compile(model)
-    (seconds,) = step_times([(model, x)], repeats, bf16=True)
+        model, vanilla = torch.compile(model), torch.compile(vanilla)
+    ours, ref = step_times([(model, x), (vanilla, tokens)], repeats, bf16=True)
     gpu = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-    mfu = f"MFU {flops / seconds / peak:.1%} (target >= 40%)" if peak else "MFU: unknown peak for this GPU"
     memory = torch.cuda.max_memory_allocated() / 2**30
-    print(
-        f"{name} on {gpu}, bf16, batch {batch} x {frames} frames: {seconds * 1e3:.1f} ms/step, "
-        f"{flops / seconds / 1e12:.1f} TFLOP/s, {mfu}, peak memory {memory:.1f} GiB"
-    )
+    mode = "compiled" if compile_model else "eager"
+    print(f"{name} on {gpu}, bf16 {mode}, batch {batch} x {frames} frames, peak memory {memory:.1f} GiB")
+    for label, f, seconds in (("ours", flops, ours), ("vanilla", ref_flops, ref)):
+        mfu = f"MFU {f / seconds / peak:6.1%}" if peak else "MFU: unknown peak for this GPU"
+        print(f"  {label:<8} {seconds * 1e3:8.1f} ms/step {f / seconds / 1e12:7.1f} TFLOP/s  {mfu}")
+    print(f"  FLOP-rate ratio ours/vanilla: {ref / ours * flops / ref_flops:.2f}  (MFU target >= 40%)")
+    if profile:
+        write_profile(model, x, profile)
+    torch.cuda.reset_peak_memory_stats()
+
+
+def write_profile(model: nn.Module, x: torch.Tensor, path: str) -> None:
+    """Write the kernels of one bf16 forward+backward step, by GPU time, to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = one_step(model, x, bf16=True)
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
+    with open(path, "w") as f:
+        f.write(f"one step: {wall * 1e3:.1f} ms wall (profiled)\n{table}\n")
+    print(f"  profile of one step written to {path}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--configs", nargs="+", default=["tiny", "base"], help="CPU comparison configs")
+    parser.add_argument("--configs", nargs="*", default=["tiny", "base"], help="CPU comparison configs")
     parser.add_argument("--frames", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gpu-config", default="large")
     parser.add_argument("--gpu-frames", type=int, default=1024)
-    parser.add_argument("--gpu-batch", type=int, default=4)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the GPU model")
+    parser.add_argument("--gpu-batch", type=int, nargs="+", default=[8], help="one GPU run per batch size")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the GPU models")
+    parser.add_argument("--profile", metavar="FILE", help="GPU: kernel profile of one step")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument(
         "--clock", choices=sorted(CLOCKS), default="wall",
@@ -165,7 +191,9 @@ def main() -> None:
     for name in args.configs:
         compare_cpu(name, args.batch, args.frames, args.repeats, args.clock)
     if torch.cuda.is_available():
-        mfu_gpu(args.gpu_config, args.gpu_batch, args.gpu_frames, args.repeats, args.compile)
+        for i, batch in enumerate(args.gpu_batch):
+            profile = args.profile if i == 0 else None
+            mfu_gpu(args.gpu_config, batch, args.gpu_frames, args.repeats, args.compile, profile)
     else:
         print("no GPU: MFU of the large config not measured")
 

@@ -103,16 +103,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, help="intra-op CPU threads (default: torch's)")
+    parser.add_argument("--devices", nargs="+", choices=["cpu", "cuda"], default=["cpu", "cuda"],
+                        help="where to run (cuda only when present)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        gpu = torch.cuda.is_available()
+        gpu = torch.cuda.is_available() and "cuda" in args.devices
         crops = [load_config(name).loader.crop_frames for name in args.configs] if gpu else [args.frames]
         manifest = args.manifest or example_manifest(Path(tmp), max(crops))
         workers = [f"train.num_workers={args.workers}"]
         cpu = [f"train.batch_size={args.batch}", f"loader.crop_frames={args.frames}", *workers]
-        for name in args.configs:
+        for name in args.configs if "cpu" in args.devices else []:
             bench(name, torch.device("cpu"), manifest, cpu, args.steps, args.warmup)
         if not gpu:
             print("no GPU: MFU not measured")

@@ -9,9 +9,10 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from configs import ConfigError, load_config
-from model import build_discriminator, build_model, describe
+from model import build_discriminator, build_model, describe, frame_conv
 from model.attention import Attention, TimeConv, skew
 from model.frame_conv import FrameConv
+from model.unet import FrameTransformer
 
 STATED_SIZES = {"tiny": 1.8e6, "base": 50e6, "large": 200e6, "flat": 50e6}  # as the presets' comments say
 
@@ -144,6 +145,27 @@ def test_tiny_shapes_odd_and_even_frames(frames):
     mask, next_logit = tiny()(spectrogram(2, frames))
     assert mask.shape == (2, 2, 1024, frames) and mask.dtype == torch.float32
     assert next_logit.shape == (2,) and next_logit.dtype == torch.float32
+
+
+def test_channels_last_maps_stay_channels_last(monkeypatch):
+    """CUDA runs the maps channels-last through nn.Conv2d (NARROW = 0 gives that path on CPU): every block
+    keeps the layout, no value changes, and the mask comes back in the plain layout."""
+    monkeypatch.setattr(frame_conv, "NARROW", 0)
+    model = tiny().eval()
+    layouts = []
+    for block in model.modules():
+        if isinstance(block, FrameTransformer):
+            block.register_forward_hook(
+                lambda _, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
+    x = spectrogram(2, 21)
+    with torch.no_grad():
+        reference, reference_logit = model(x)
+        layouts.clear()
+        mask, next_logit = model(x.contiguous(memory_format=torch.channels_last))
+    assert layouts and all(layouts)
+    assert mask.is_contiguous()
+    torch.testing.assert_close(mask, reference)
+    torch.testing.assert_close(next_logit, reference_logit)
 
 
 @pytest.mark.parametrize("name", ["base", "large", "flat"])

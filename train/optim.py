@@ -11,12 +11,13 @@ from configs.train import TrainConfig
 
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):
-    """AdamW; biases, norm weights and other 1-D parameters get no weight decay."""
+    """AdamW (the fused kernel on CUDA); biases, norm weights and other 1-D parameters get no weight decay."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
 
 
 def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:

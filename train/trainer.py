@@ -165,6 +165,7 @@ class Trainer:
         self.autocast_dtype = torch.bfloat16 if bf16 else None
         if dist.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
+            torch.backends.cudnn.benchmark = True  # crops have one shape: time cuDNN's algorithms once
 
     @property
     def checkpoint_dir(self) -> Path:

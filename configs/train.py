@@ -22,6 +22,7 @@ class TrainConfig:
     grad_clip: float = 0.5  # max global gradient norm per model (0: off)
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: str = ""  # torch.compile backend of the trained models: "inductor" fuses kernels; "" off
     # Losses (pretraining; fine-tuning reads l1_weight and the adversarial settings).
     masked_weight: float = 1.0  # L1 on the masked frames
     unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)

@@ -245,6 +245,23 @@ def test_bf16_autocast_forward():
     assert (mask - reference).abs().max() < 0.05
 
 
+def test_torch_compile_traces_the_whole_model():
+    """One graph (no graph break) for forward and backward, with eager's values ("aot_eager": dynamo
+    and AOT autograd without code generation, which takes minutes on CPU)."""
+    model = tiny().train()
+    x = spectrogram(1, 16)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    grads = []
+    for module in (model, compiled):
+        mask, next_logit = module(x)
+        (mask.mean() + next_logit.mean()).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        model.zero_grad()
+    torch.testing.assert_close(mask, model(x)[0])
+    for eager, traced in zip(*grads, strict=True):
+        torch.testing.assert_close(traced, eager)
+
+
 def test_longer_than_max_distance_works():
     model = tiny().eval()  # tiny clips relative distances at 128 frames
     with torch.no_grad():

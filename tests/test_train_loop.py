@@ -70,6 +70,21 @@ def test_the_adversarial_path_updates_both_models(tmp_path):
         assert len(changed) == len(list(model.parameters())), name
 
 
+def test_compiled_training_steps_equal_eager_ones(tmp_path):
+    """``train.compile`` runs the training steps under torch.compile ("aot_eager" here: tracing and
+    compiled autograd without code generation, seconds on CPU; "inductor" on GPUs)."""
+    losses = {}
+    for backend in ("", "aot_eager"):
+        cfg = micro_config("model.dropout=0.0", *([f"train.compile={backend}"] if backend else []))
+        data = SyntheticData(cfg, 2)
+        trainer = Trainer(PretrainTask(cfg, data), cfg, tmp_path / (backend or "eager"), Dist())
+        assert isinstance(trainer.models["model"], torch._dynamo.eval_frame.OptimizedModule) == bool(backend)
+        stream = BatchStream(data.train, 0, trainer.progress)
+        losses[backend] = [float(trainer.train_step(stream)[0]["loss"]) for _ in range(3)]
+    assert losses["aot_eager"] == pytest.approx(losses[""], rel=1e-5)
+    assert losses[""][2] != losses[""][0]
+
+
 class SignalAt:
     """Training data that sends this process SIGTERM while the ``at``-th batch is being fetched."""
 

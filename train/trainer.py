@@ -155,7 +155,7 @@ class Trainer:
         self.accum = self.tc.accumulation(dist.world_size)
         seed_all(self.tc.seed)  # the same initial weights on every rank
         self.raw = {name: m.to(dist.device) for name, m in task.build_models().items()}
-        self.models = {name: wrap_ddp(m, dist) for name, m in self.raw.items()}
+        self.models = {name: wrap_ddp(self._compiled(m), dist) for name, m in self.raw.items()}
         self.optimizers = {n: build_optimizer(m, **task.optimizer_settings(n)) for n, m in self.raw.items()}
         self.schedulers = {n: build_scheduler(o, self.tc, self.tc.steps) for n, o in self.optimizers.items()}
         self.progress = Progress()
@@ -323,6 +323,11 @@ class Trainer:
     def _to_device(self, batch: Batch) -> Batch:
         dev = self.dist.device
         return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def _compiled(self, model: nn.Module) -> nn.Module:
+        """``model`` under ``torch.compile`` with the ``train.compile`` backend (training steps only;
+        validation and previews run the plain module), or itself."""
+        return torch.compile(model, backend=self.tc.compile) if self.tc.compile else model
 
     def _autocast(self):
         return torch.autocast(self.dist.device.type, dtype=self.autocast_dtype,

@@ -94,3 +94,56 @@ def test_flipped_bytes_are_detected_and_bytes_without_a_checksum_still_decode(ma
 def test_unknown_codec_names_the_valid_ones():
     with pytest.raises(ValueError, match="f16r1"):
         get_codec("f16r12")
+
+
+def zarr_shard(tmp_path, arrays: dict[str, np.ndarray]):
+    """A zarr shard as the ingest writes it, one sample of ``arrays`` -> (its path, the sample folder)."""
+    from pipeline.shards import ZarrShard
+
+    writer = ZarrShard(tmp_path / "s.zarr", get_codec("f16r6"))
+    writer.write("k_0000", {"max_magnitude": 4.0, "members": list(arrays)}, arrays)
+    writer.commit()
+    return tmp_path / "s.zarr", tmp_path / "s.zarr" / "k_0000"
+
+
+@pytest.mark.parametrize("shape", [(2, 1500, 1025), (2, 700, 1025), (2, 2048, 1025), (2, 1100, 1025, 2)])
+def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape):
+    import zarr
+
+    from pipeline.shards import iter_zarr_shard, read_zarr_array
+
+    values = (np.random.default_rng(0).random(shape) * 4).astype(np.float16)
+    values[:, :300] = 0  # chunks of zeros too
+    path, sample = zarr_shard(tmp_path, {"spec": values})
+    ours, theirs = read_zarr_array(sample / "spec"), zarr.open_array(str(sample / "spec"), mode="r")[...]
+    assert ours.dtype == theirs.dtype == np.float16 and ours.shape == theirs.shape == shape
+    assert np.array_equal(ours, theirs) and np.array_equal(ours, get_codec("f16r6").quantize(values, 4.0))
+    (raw,) = iter_zarr_shard(path)
+    assert raw["__key__"] == "k_0000" and np.array_equal(raw["spec"], ours)
+
+
+def test_a_corrupt_zarr_chunk_or_index_raises_naming_the_file(tmp_path):
+    from pipeline.shards import read_zarr_array
+
+    _, sample = zarr_shard(tmp_path, {"spec": np.ones((2, 1500, 1025), np.float16)})
+    file = sample / "spec" / "c" / "0" / "0" / "0"
+    data = bytearray(file.read_bytes())
+    for where, message in ((len(data) // 3, "chunk 0: crc32c"), (len(data) - 10, "chunk index")):
+        corrupt = data.copy()
+        corrupt[where] ^= 0xFF
+        file.write_bytes(bytes(corrupt))
+        with pytest.raises(ValueError, match=f"{file}: {message}"):
+            read_zarr_array(sample / "spec")
+    file.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        read_zarr_array(sample / "spec")
+
+
+def test_a_zarr_array_in_another_layout_is_read_by_zarr(tmp_path):
+    import zarr
+
+    from pipeline.shards import read_zarr_array
+
+    values = np.arange(2 * 300 * 7, dtype=np.float16).reshape(2, 300, 7)
+    zarr.create_array(str(tmp_path / "plain"), data=values, chunks=(1, 100, 7))  # no sharding, zstd
+    assert np.array_equal(read_zarr_array(tmp_path / "plain"), values)

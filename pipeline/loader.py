@@ -40,9 +40,8 @@ Speed (``python -m benchmarks.loader``, defaults, 2 workers, quiet 2-core VM): 1
 worker core from tar shards, 155-185 from zarr (its arrays read by ``pipeline.shards.read_zarr_array``:
 ~8 ms per segment like tar, against 13-20 ms through zarr's own read path). Per crop: decoding
 1.3-1.5 ms (a quarter of a segment), the stages after it 2.3 ms, nearly all of it writing target and
-input (8 MB) into the batch. Workers
-write batches into reused shared memory (``pipeline.stages.BatchRing``): a batch the caller keeps is
-never overwritten.
+input (8 MB) into the batch. Workers write batches into reused shared memory
+(``pipeline.stages.BatchRing``): a batch the caller keeps is never overwritten.
 """
 
 from __future__ import annotations

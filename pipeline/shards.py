@@ -245,25 +245,27 @@ def read_zarr_array(folder: Path) -> np.ndarray:
         return zarr.open_array(str(folder), mode="r")[...]
     chunk = config["chunk_shape"]
     grid = [-(-n // c) for n, c in zip(shard, chunk, strict=True)]
-    out = np.full(shard, float(meta["fill_value"]), np.float16)
+    fill = float(meta["fill_value"])
     file = folder / "c" / Path(*["0"] * len(shape))  # the one shard's key
-    if file.exists():
-        data = np.frombuffer(file.read_bytes(), np.uint8)
-        index_size = 16 * int(np.prod(grid)) + 4
-        index = data[-index_size:]
-        if len(data) < index_size or crc32c(index[:-4]) != bytes(index[-4:]):
-            raise ValueError(f"{file}: chunk index checksum mismatch (corrupt or truncated shard)")
-        entries = index[:-4].view("<u8").reshape(-1, 2)
-        for n, (offset, size) in enumerate(entries.tolist()):
-            if offset == size == _NO_CHUNK:
-                continue
-            stored = data[offset : offset + size]
-            inside = 4 <= size and offset + size <= len(data) - index_size
-            if not inside or crc32c(stored[:-4]) != bytes(stored[-4:]):
-                raise ValueError(f"{file}: chunk {n}: crc32c checksum mismatch (corrupt bytes)")
-            corner = np.unravel_index(n, grid)
-            region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(corner, chunk, strict=True))
-            out[region] = np.frombuffer(blosc.decompress(stored[:-4]), np.float16).reshape(chunk)
+    if not file.exists():  # nothing but the fill value was written
+        return np.full(shape, fill, np.float16)
+    data = np.frombuffer(file.read_bytes(), np.uint8)
+    index_size = 16 * int(np.prod(grid)) + 4
+    index = data[-index_size:]
+    if len(data) < index_size or crc32c(index[:-4]) != bytes(index[-4:]):
+        raise ValueError(f"{file}: chunk index checksum mismatch (corrupt or truncated shard)")
+    out = np.empty(shard, np.float16)
+    for n, (offset, size) in enumerate(index[:-4].view("<u8").reshape(-1, 2).tolist()):
+        corner = np.unravel_index(n, grid)
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(corner, chunk, strict=True))
+        if offset == size == _NO_CHUNK:
+            out[region] = fill
+            continue
+        stored = data[offset : offset + size]
+        inside = 4 <= size and offset + size <= len(data) - index_size
+        if not inside or crc32c(stored[:-4]) != bytes(stored[-4:]):
+            raise ValueError(f"{file}: chunk {n}: crc32c checksum mismatch (corrupt bytes)")
+        out[region] = np.frombuffer(blosc.decompress(stored[:-4]), np.float16).reshape(chunk)
     return out[tuple(slice(0, n) for n in shape)]
 
 

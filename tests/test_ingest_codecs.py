@@ -106,14 +106,17 @@ def zarr_shard(tmp_path, arrays: dict[str, np.ndarray]):
     return tmp_path / "s.zarr", tmp_path / "s.zarr" / "k_0000"
 
 
-@pytest.mark.parametrize("shape", [(2, 1500, 1025), (2, 700, 1025), (2, 2048, 1025), (2, 1100, 1025, 2)])
-def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape):
+@pytest.mark.parametrize(("shape", "zeros"), [((2, 1500, 1025), 300), ((2, 700, 1025), 0),
+                                             ((2, 2048, 1025), 1024), ((2, 1100, 1025, 2), 0),
+                                             ((2, 900, 1025), 900)])
+def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape, zeros):
+    """Partial chunks, a chunk of zeros (not stored), an array of zeros (no shard file), 4-D stems."""
     import zarr
 
     from pipeline.shards import iter_zarr_shard, read_zarr_array
 
     values = (np.random.default_rng(0).random(shape) * 4).astype(np.float16)
-    values[:, :300] = 0  # chunks of zeros too
+    values[:, :zeros] = 0
     path, sample = zarr_shard(tmp_path, {"spec": values})
     ours, theirs = read_zarr_array(sample / "spec"), zarr.open_array(str(sample / "spec"), mode="r")[...]
     assert ours.dtype == theirs.dtype == np.float16 and ours.shape == theirs.shape == shape

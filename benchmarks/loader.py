@@ -11,6 +11,7 @@ stage rows in CPU time per crop, a segment's reading and decoding shared by its 
     read tar (webdataset)   webdataset.WebDataset over the tar shards: raw bytes, nothing decoded
     read tar (loader)       the loader's reader (pipeline.stages.tar_samples), raw bytes
     decode                  pipeline.shards.decode_sample (checksum + blosc + codec)
+    read + decode zarr      the same samples from the zarr shards (pipeline.shards.iter_zarr_shard)
     clip / crop / pairs / mask    the loader's stages, each alone (crops are windows, masks draws)
     write (shared ring)     collate: target and input written into a reused shared-memory batch, as
                             a worker does; then "processing after decoding" = clip .. write, against
@@ -42,7 +43,7 @@ from configs.loader import LoaderConfig
 from pipeline.loader import build_pretrain_loader, clip_to_peak, crop_halves, defer_crop
 from pipeline.manifest import read_manifest
 from pipeline.masking import mask_sample, next_segment_pairs
-from pipeline.shards import decode_sample
+from pipeline.shards import decode_sample, iter_zarr_shard
 from pipeline.stages import RING_SLOTS, BatchRing, setup_worker, tar_samples
 
 
@@ -79,7 +80,7 @@ def timed(name: str, f, items: list, rows: list[str], crops_per_item: float = 1)
     return seconds / (crops_per_item * len(items))
 
 
-def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
+def stage_rows(tar_manifest: Path, zarr_manifest: Path, crops_per_segment: int) -> list[str]:
     """Each stage alone, on one core, over the same samples (the page cache holds the shards), per
     crop: a segment's reading and decoding are shared by its ``crops_per_segment`` crops."""
     urls = [s["path"] for s in read_manifest(tar_manifest).shards("train")] * 4
@@ -90,6 +91,9 @@ def stage_rows(tar_manifest: Path, crops_per_segment: int) -> list[str]:
                      rows, per_url)
     read = timed("read tar (loader)", lambda url: list(tar_samples(url)), urls, rows, per_url)
     decode = timed("decode", decode_sample, raws, rows, crops_per_segment)
+    zarr_urls = [s["path"] for s in read_manifest(zarr_manifest).shards("train")] * 4
+    timed("read + decode zarr", lambda url: list(map(decode_sample, iter_zarr_shard(url))), zarr_urls, rows,
+          per_url)
     cfg, rng = LoaderConfig(), np.random.default_rng(0)
     decoded = [decode_sample(raw) for raw in raws]
     cost = timed("clip (per segment)", clip_to_peak, decoded, rows, crops_per_segment)
@@ -180,7 +184,7 @@ def main():
     manifests = ingest(args.data)
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; crops_per_segment "
           f"{args.crops_per_segment}; shards: {', '.join(str(m.parent) for m in manifests.values())}")
-    for row in stage_rows(manifests["tar"], args.crops_per_segment):
+    for row in stage_rows(manifests["tar"], manifests["zarr"], args.crops_per_segment):
         print(row, flush=True)
     for _ in range(args.repeat):
         for name, manifest in manifests.items():

@@ -103,7 +103,8 @@ def pretrain(manifest, run_dir, steps, resume, device, cfg):
     if steps is not None:
         cfg.train.steps = steps
     try:
-        code = launch(lambda c: PretrainTask(c, ManifestData(c, manifest)), cfg, run_dir, resume, device)
+        code = launch(lambda c, dev: PretrainTask(c, ManifestData(c, manifest, dev)), cfg, run_dir, resume,
+                      device)
     except (CheckpointError, FileExistsError) as err:
         raise click.ClickException(str(err)) from None
     sys.exit(code)

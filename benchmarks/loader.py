@@ -13,11 +13,17 @@ stage rows in CPU time per crop, a segment's reading and decoding shared by its 
     decode                  pipeline.shards.decode_sample (checksum + blosc + codec)
     read + decode zarr      the same samples from the zarr shards (pipeline.shards.iter_zarr_shard)
     clip / crop / pairs / mask    the loader's stages, each alone (crops are windows, masks draws)
-    write (shared ring)     collate: target and input written into a reused shared-memory batch, as
-                            a worker does; then "processing after decoding" = clip .. write, against
-                            reading (+ decoding), and with decoding against reading alone
+    write ...               collate: the crops written into a reused shared-memory batch, as a worker
+                            does: target and masked input (CPU training), or the target alone (GPU
+                            training: ``build_pretrain_loader(device="cuda")``)
+    mask_batch              GPU training: the masked input built from the target where the batch is
+                            used (``finish_batch``), not by a worker (timed here, on this CPU)
+    processing ...          clip .. write, against reading (+ decoding), and with decoding against
+                            reading alone, for CPU and for GPU training
     loader tar|zarr, W=n    the whole pipeline: W=0 runs in this process (one core does everything),
-                            W=n runs n DataLoader workers; per core (wall) = crops/s / max(n, 1), and
+                            W=n runs n DataLoader workers ("input built by main": as in GPU training,
+                            this process builds the input, on this CPU here); per core (wall) =
+                            crops/s / max(n, 1), and
                             crops per CPU second of the workers (W=0: of this process), which holds
                             on a busy machine; the main process's own CPU is shown apart
 
@@ -40,7 +46,7 @@ import webdataset as wds
 
 from configs import load_config
 from configs.loader import LoaderConfig
-from pipeline.loader import build_pretrain_loader, clip_to_peak, crop_halves, defer_crop
+from pipeline.loader import build_pretrain_loader, clip_to_peak, crop_halves, defer_crop, finish_batch
 from pipeline.manifest import read_manifest
 from pipeline.masking import mask_sample, next_segment_pairs
 from pipeline.shards import decode_sample, iter_zarr_shard
@@ -106,24 +112,34 @@ def stage_rows(tar_manifest: Path, zarr_manifest: Path, crops_per_segment: int) 
     cost += (time.process_time() - start) / len(paired)
     rows.append(f"{'pairs':24s} {rate(len(paired), time.process_time() - start)}")
     cost += timed("mask (draw)", lambda sample: mask_sample(sample, cfg, rng), paired, rows)
-    deferred = [defer_crop(mask_sample(sample, cfg, rng), cfg, bins=1024) for sample in paired]
-    groups = [deferred[i : i + 8] for i in range(0, len(deferred) - 7, 8)]
-    ring = BatchRing(workers=1)
+    masked = [mask_sample(sample, cfg, rng) for sample in paired]
+    writes = {}
+    for with_input, label in ((True, "target + input"), (False, "target only")):
+        deferred = [defer_crop(sample, cfg, bins=1024, with_input=with_input) for sample in masked]
+        groups = [deferred[i : i + 8] for i in range(0, len(deferred) - 7, 8)]
+        ring = BatchRing(workers=1)
 
-    def collate(group: list[dict]):
-        ring.collate(group)
-        ring.board.zero_()  # the main process has dropped the batch
+        def collate(group: list[dict], ring=ring):
+            ring.collate(group)
+            ring.board.zero_()  # the main process has dropped the batch
 
-    with as_worker():
-        for group in groups[:RING_SLOTS]:  # first use of each slot: page faults, once per worker
-            collate(group)
-        cost += timed("write (into shared ring)", collate, groups, rows, 8)
-    rows.append(f"processing after decoding (clip .. write) {1e3 * cost:6.2f} ms per crop = "
-                f"{cost / (read + decode):5.2f}x reading and decoding (loader), "
-                f"{cost / (wds_read + decode):5.2f}x (webdataset)")
-    total = cost + decode
-    rows.append(f"processing with decoding {1e3 * total:6.2f} ms per crop = {total / read:5.1f}x reading "
-                f"(loader) = {total / wds_read:5.2f}x reading (webdataset)")
+        with as_worker():
+            for group in groups[:RING_SLOTS]:  # first use of each slot: page faults, once per worker
+                collate(group)
+            writes[with_input] = timed(f"write {label}", collate, groups, rows, 8)
+    batches = [BatchRing(workers=1).collate(group) for group in groups[:4]]
+    timed("mask_batch (GPU training)", partial(finish_batch, device=None, token_frames=cfg.token_frames),
+          batches * 4, rows, 8)
+    for with_input, label in ((True, "CPU training, input written by the workers"),
+                              (False, "GPU training, input built on the GPU")):
+        work = cost + writes[with_input]
+        rows.append(f"{label}:")
+        rows.append(f"  processing after decoding (clip .. write) {1e3 * work:6.2f} ms per crop = "
+                    f"{work / (read + decode):5.2f}x reading and decoding (loader), "
+                    f"{work / (wds_read + decode):5.2f}x (webdataset)")
+        total = work + decode
+        rows.append(f"  processing with decoding {1e3 * total:6.2f} ms per crop = {total / read:5.1f}x "
+                    f"reading (loader) = {total / wds_read:5.2f}x reading (webdataset)")
     return rows
 
 
@@ -146,11 +162,15 @@ def cpu_seconds(process: psutil.Process) -> float:
     return times.user + times.system
 
 
-def loader_row(name: str, manifest: Path, workers: int, batches: int, crops_per_segment: int) -> str:
+def loader_row(name: str, manifest: Path, workers: int, batches: int, crops_per_segment: int,
+               input_on_device: bool = False) -> str:
     """Crops/s of the whole loader; per core by wall time (crops/s / workers) and by CPU time of the
-    processes doing the work (crops per CPU second: robust when other jobs share the machine)."""
+    processes doing the work (crops per CPU second: robust when other jobs share the machine).
+    ``input_on_device``: the workers leave the masked input out and this process builds it (on this
+    CPU here; on the GPU in training)."""
     loader = build_pretrain_loader(manifest, batch_size=8, num_workers=workers, seed=0, epoch_batches=batches,
-                                   crops_per_segment=crops_per_segment)
+                                   crops_per_segment=crops_per_segment, device="cpu",
+                                   input_on_device=input_on_device)
     it = iter(loader)
     for _ in range(min(2 * RING_SLOTS * max(workers, 1), batches // 2)):  # start-up: workers, buffers
         next(it)
@@ -165,8 +185,9 @@ def loader_row(name: str, manifest: Path, workers: int, batches: int, crops_per_
     main_cpu = cpu_seconds(main) - main_cpu
     extra = f" (+ main process {count / main_cpu:6.0f}/CPU s)" if workers else ""
     per_core = count / wall / max(workers, 1)
-    return (f"loader {name:4s} W={workers}  {count / wall:7.1f} crops/s  {per_core:7.1f} per core (wall)  "
-            f"{count / cpu:7.1f} per CPU s of the loader cores{extra}")
+    where = ", input built by main" if input_on_device else ""
+    return (f"loader {name:4s} W={workers}{where}  {count / wall:7.1f} crops/s  {per_core:7.1f} per core "
+            f"(wall)  {count / cpu:7.1f} per CPU s of the loader cores{extra}")
 
 
 def main():
@@ -188,8 +209,9 @@ def main():
         print(row, flush=True)
     for _ in range(args.repeat):
         for name, manifest in manifests.items():
-            for workers in (0, args.workers):
-                print(loader_row(name, manifest, workers, args.batches, args.crops_per_segment), flush=True)
+            for workers, on_device in ((0, False), (args.workers, False), (args.workers, True)):
+                print(loader_row(name, manifest, workers, args.batches, args.crops_per_segment, on_device),
+                      flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
 
 

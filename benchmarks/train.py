@@ -78,9 +78,9 @@ def bench(name: str, device: torch.device, manifest: Path, sets: list[str], step
     synthetic = SyntheticData(cfg, 4)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(PretrainTask(cfg, synthetic), cfg, Path(run_dir), Dist(device=device))
-        alone = loader_alone(ManifestData(cfg, manifest), max(steps, 20), cfg.train.num_workers)
+        alone = loader_alone(ManifestData(cfg, manifest, device), max(steps, 20), cfg.train.num_workers)
         rows = {"synthetic": seconds_per_step(trainer, synthetic.train, steps, warmup),
-                "loader": seconds_per_step(trainer, ManifestData(cfg, manifest).train, steps, warmup),
+                "loader": seconds_per_step(trainer, ManifestData(cfg, manifest, device).train, steps, warmup),
                 "loader alone": alone}
         gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
         peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None) if gpu else None

@@ -12,6 +12,8 @@ A batch is a dict of
     target     float16 [B, C, bins, T]  the clean crop, clip(|X| / track max, 0, 1), separator at the seam
     masked     bool    [B, T]           frames of selected tokens (the loss covers these)
     is_next    bool    [B]              the second half is the true continuation
+    kinds      int8    [B, tokens]      token kinds (``pipeline.masking``: 0, WHITE, NOISE, KEEP)
+    noise_seed int64   [B]              seed of each crop's NOISE values (``mask_batch``)
     key        list[str]                sample key of the crop
     track      list[str]                track id of the crop (its first half)
     pair_track list[str]                track id of the second half (== track when is_next)
@@ -32,6 +34,11 @@ two ``Window``s into decoded segments, the pair's choice and the mask's draws; `
 writes each crop's target and input once, straight into the batch's shared memory (``defer_crop``,
 ``pipeline.stages.Deferred``): nothing is cropped, copied and stacked again.
 
+With ``device="cuda"`` (GPU training) batches arrive on the GPU, and the workers write only the
+target: the masked input is built there from the target and the mask's draws (``finish_batch``,
+``pipeline.masking.mask_batch``: a few kernels per batch), so the workers write, and the batches
+carry between processes and to the GPU, half the bytes (4 MB per crop instead of 8).
+
 A fine-tuning loader calls ``build_loader`` with the stems shards and its own task (crops at
 ``crop_start`` taken with ``interleaved``, remix, magnitudes with ``normalise``), getting the same
 source, shuffling, decoding, batching, workers and ``stats()``.
@@ -39,8 +46,9 @@ source, shuffling, decoding, batching, workers and ``stats()``.
 Speed (``python -m benchmarks.loader``, defaults, 2 workers, quiet 2-core VM): 150-190 crops/s per
 worker core from tar shards, 155-185 from zarr (its arrays read by ``pipeline.shards.read_zarr_array``:
 ~8 ms per segment like tar, against 13-20 ms through zarr's own read path). Per crop: decoding
-1.3-1.5 ms (a quarter of a segment), the stages after it 2.3 ms, nearly all of it writing target and
-input (8 MB) into the batch. Workers write batches into reused shared memory
+1.3-1.7 ms (a quarter of a segment), the stages after it 2.6-3.5 ms, nearly all of it writing target
+and input (8 MB) into the batch; 0.8-1.1 ms for the target alone, so a worker for GPU training makes
+240-265 crops per CPU second against 170-190. Workers write batches into reused shared memory
 (``pipeline.stages.BatchRing``): a batch the caller keeps is never overwritten.
 """
 
@@ -59,7 +67,7 @@ from configs import Config, ConfigError, from_dict
 from configs.audio import AudioConfig
 from configs.loader import LoaderConfig
 from pipeline.manifest import read_manifest
-from pipeline.masking import mask_sample, next_segment_pairs, write_crop
+from pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
 from pipeline.stages import (
     SKIP_KINDS,
     BatchStream,
@@ -79,13 +87,18 @@ class Loader:
 
     Every batch arrives with its worker's cumulative skip counts, which are removed from the batch
     and kept here: ``stats()`` sums them over the workers. Its tensors are reused by the worker
-    once the caller has dropped them (see ``pipeline.stages.BatchRing``).
+    once the caller has dropped them (see ``pipeline.stages.BatchRing``). With a ``device`` the
+    tensors are moved there (non-blocking, from pinned memory on CUDA); ``finish(batch, device)``,
+    if given, does that and completes the batch there.
     """
 
-    def __init__(self, stream: BatchStream, num_workers: int, epoch_batches: int | None):
+    def __init__(self, stream: BatchStream, num_workers: int, epoch_batches: int | None,
+                 device: torch.device | str | None = None, finish=None):
         self.epoch_batches, self.ring = epoch_batches, stream.ring
+        self.device, self.finish = None if device is None else torch.device(device), finish
+        pin = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
         self.loader = wds.WebLoader(
-            stream, batch_size=None, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+            stream, batch_size=None, num_workers=num_workers, pin_memory=pin,
             persistent_workers=num_workers > 0,
         )
         if epoch_batches is not None:
@@ -96,6 +109,10 @@ class Loader:
         for batch in self.loader:
             self.skipped[batch.pop("worker")] = batch.pop("skipped")
             self.ring.release_on_drop(batch, batch.pop("ring"))
+            if self.finish is not None:
+                batch = self.finish(batch, self.device)
+            elif self.device is not None:
+                batch = to_device(batch, self.device, dtype=None)
             yield batch
 
     def __len__(self) -> int:
@@ -109,9 +126,11 @@ class Loader:
 
 
 def build_loader(shards: list[dict], task, *, batch_size: int, num_workers: int, seed: int, resampled: bool,
-                 shuffle_buffer: int, epoch_batches: int | None, what: str = "shards") -> Loader:
+                 shuffle_buffer: int, epoch_batches: int | None, what: str = "shards",
+                 device: torch.device | str | None = None, finish=None) -> Loader:
     """Any task's loader over manifest ``shards``, split over DDP ranks (from ``torch.distributed``
-    or RANK/WORLD_SIZE) and then over workers; fewer workers are used when a rank has fewer shards."""
+    or RANK/WORLD_SIZE) and then over workers; fewer workers are used when a rank has fewer shards.
+    Batches arrive on ``device`` (default: the CPU), completed by ``finish`` (see ``Loader``)."""
     rank, world_size, _, _ = wds.utils.pytorch_worker_info()
     mine = len(shards[rank::world_size])
     if mine == 0:
@@ -123,7 +142,7 @@ def build_loader(shards: list[dict], task, *, batch_size: int, num_workers: int,
         num_workers = mine
     stream = BatchStream(shards, task, batch_size, seed, rank, world_size, resampled, shuffle_buffer,
                          workers=num_workers)
-    return Loader(stream, num_workers, epoch_batches)
+    return Loader(stream, num_workers, epoch_batches, device, finish)
 
 
 def loader_config(config: Config | LoaderConfig | None, options: dict) -> LoaderConfig:
@@ -174,25 +193,43 @@ def crop_halves(sample: dict, frames: int, swap: float, rng: np.random.Generator
     return {"key": sample["key"], "track": str(record["track_id"]), "halves": halves}
 
 
-def defer_crop(sample: dict, cfg: LoaderConfig, bins: int) -> dict:
-    """A paired, masked crop -> its batch entries, ``input`` and ``target`` ``Deferred``: written by
-    ``write_crop`` straight into the batch (frames-major, as the segments)."""
+def defer_crop(sample: dict, cfg: LoaderConfig, bins: int, with_input: bool = True) -> dict:
+    """A paired, masked crop -> its batch entries, ``target`` (and ``input`` if ``with_input``)
+    ``Deferred``: written by ``write_crop`` and ``mask_batch`` straight into the batch (frames-major,
+    as the segments). Without the input, ``finish_batch`` builds it where the batch is used."""
     layout = ((len(sample["halves"][0].spec), bins, cfg.crop_frames), torch.float16, (0, 2, 1))
+
+    def write(rows: dict[str, torch.Tensor]):
+        write_crop(sample, cfg, rows["target"])
+        if with_input:
+            mask_batch(rows["target"][None], sample["kinds"][None], torch.tensor([sample["noise_seed"]]),
+                       cfg.token_frames, out=rows["input"][None])
+
+    names = ("target", "input") if with_input else ("target",)
     return {
         "key": sample["key"], "track": sample["track"], "pair_track": sample["pair_track"],
-        "is_next": sample["is_next"], "masked": sample["masked"],
-        "deferred": Deferred({"target": layout, "input": layout},
-                             lambda rows: write_crop(sample, cfg, rows["target"], rows["input"])),
+        "is_next": sample["is_next"], "masked": sample["masked"], "kinds": sample["kinds"],
+        "noise_seed": sample["noise_seed"], "deferred": Deferred(dict.fromkeys(names, layout), write),
     }
+
+
+def finish_batch(batch: dict, device: torch.device | None, token_frames: int) -> dict:
+    """A batch whose workers left out the masked input -> the documented batch on ``device`` (None:
+    where it is), ``input`` built there by ``mask_batch`` (its draws read on the CPU: no device sync)."""
+    kinds, seeds = batch["kinds"], batch["noise_seed"]
+    batch = batch if device is None else to_device(batch, device, dtype=None)
+    return {**batch, "input": mask_batch(batch["target"], kinds, seeds, token_frames)}
 
 
 @dataclass(frozen=True)
 class PretrainTask:
     """The pretraining stages between decoding and batching: clip -> crops (as windows) -> next-segment
-    pairs -> span masking -> written into the batch at collate time."""
+    pairs -> span masking -> written into the batch at collate time (the masked input too, unless
+    ``input_in_worker`` is off: then ``finish_batch`` builds it where the batch is used)."""
 
     cfg: LoaderConfig
     bins: int
+    input_in_worker: bool = True
 
     def __call__(self, seeds: Seeds, skips: Skips) -> list:
         cfg = self.cfg
@@ -204,13 +241,20 @@ class PretrainTask:
                     rng=seeds.numpy("interleave")),
             partial(next_segment_pairs, cfg=cfg, rng=seeds.numpy("pair")),
             each(partial(mask_sample, cfg=cfg, rng=seeds.numpy("mask"))),
-            each(partial(defer_crop, cfg=cfg, bins=self.bins)),
+            each(partial(defer_crop, cfg=cfg, bins=self.bins, with_input=self.input_in_worker)),
         ]
 
 
 def build_pretrain_loader(manifest, split: str = "train", batch_size: int = 8, num_workers: int = 2,
-                          seed: int = 0, config: Config | LoaderConfig | None = None, **options) -> Loader:
+                          seed: int = 0, config: Config | LoaderConfig | None = None,
+                          device: torch.device | str | None = None, input_on_device: bool | None = None,
+                          **options) -> Loader:
     """Batches for pretraining from the spectrogram shards of ``split`` in the ingest's ``manifest``.
+
+    ``device``: where the batches are used; they arrive there (float16 kept; non-blocking copies from
+    pinned memory on CUDA; default: the CPU, as the workers made them). ``input_on_device`` (default:
+    when ``device`` is not the CPU) builds the masked input there instead of in the workers, which
+    then write and ship half the bytes. On the CPU the workers' copy is the cheaper one.
 
     ``config`` is the run's ``Config`` (or its ``LoaderConfig``); ``options`` override its loader
     fields by name (``crop_frames=128``, ``mask_rate=0.4``, ``next_segment=False``, ...). An
@@ -232,19 +276,24 @@ def build_pretrain_loader(manifest, split: str = "train", batch_size: int = 8, n
     train = split == "train"
     if not train:  # every segment once per pass
         cfg = dataclasses.replace(cfg, crops_per_segment=1, segment_pool=1)
+    if input_on_device is None:
+        input_on_device = device is not None and torch.device(device).type != "cpu"
     return build_loader(
-        shards, PretrainTask(cfg, audio.model_bins), batch_size=batch_size, num_workers=num_workers,
-        seed=seed, resampled=train, shuffle_buffer=cfg.shuffle_buffer,
-        epoch_batches=cfg.epoch_batches if train else None, what=f"{manifest} ({split})",
+        shards, PretrainTask(cfg, audio.model_bins, input_in_worker=not input_on_device),
+        batch_size=batch_size, num_workers=num_workers, seed=seed, resampled=train,
+        shuffle_buffer=cfg.shuffle_buffer, epoch_batches=cfg.epoch_batches if train else None,
+        what=f"{manifest} ({split})", device=device,
+        finish=partial(finish_batch, token_frames=cfg.token_frames) if input_on_device else None,
     )
 
 
-def to_device(batch: dict, device: torch.device | str, dtype: torch.dtype = torch.float32) -> dict:
-    """Move a batch's tensors to ``device``, widening float16 to ``dtype`` there; other entries pass."""
+def to_device(batch: dict, device: torch.device | str, dtype: torch.dtype | None = torch.float32) -> dict:
+    """Move a batch's tensors to ``device``, widening float16 to ``dtype`` there (None: kept);
+    other entries pass."""
     moved = {}
     for name, value in batch.items():
         if isinstance(value, torch.Tensor):
             value = value.to(device, non_blocking=True)
-            value = value.to(dtype) if value.is_floating_point() else value
+            value = value.to(dtype) if value.is_floating_point() and dtype is not None else value
         moved[name] = value
     return moved

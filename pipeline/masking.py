@@ -78,38 +78,57 @@ def select_tokens(
     return kinds
 
 
-def apply_mask(x: torch.Tensor, kinds: np.ndarray, token_frames: int, rng: np.random.Generator):
-    """Mask ``x`` ``[C, bins, T]`` (a copy of the target) in place: WHITE tokens 1.0, NOISE tokens
-    max(U(0, 1), x)."""
-    for token in np.flatnonzero(kinds):
-        frames = x[..., token * token_frames : (token + 1) * token_frames]
-        if kinds[token] == WHITE:
-            frames.fill_(1.0)
-        elif kinds[token] == NOISE:
-            noise = torch.from_numpy(rng.random(frames.shape, dtype=np.float32))
-            torch.maximum(frames, noise.to(frames.dtype), out=frames)
+def on_device(indices: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """CPU index tensors copied to ``device`` without waiting for the work queued there (a blocking
+    copy from pageable memory would wait for the training step in flight)."""
+    return tuple(i.to(device, non_blocking=True) for i in indices)
+
+
+def mask_batch(target: torch.Tensor, kinds: torch.Tensor, noise_seeds: torch.Tensor, token_frames: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """The masked input of crops: ``target`` ``[B, C, bins, T]`` with WHITE tokens 1.0 and NOISE tokens
+    max(U(0, 1), target), into ``out`` (laid out like ``target``) or a new tensor, on ``target``'s
+    device. ``kinds`` int8 ``[B, tokens]`` (``select_tokens``) and ``noise_seeds`` int64 ``[B]`` are
+    CPU tensors, so the frame indices are found without a device sync. Each crop's noise comes from
+    its own seed: a crop's input does not depend on its batch mates. A handful of operations per
+    batch, whatever the number of tokens (a worker calls it per crop, with B = 1)."""
+    x = torch.empty_like(target) if out is None else out
+    x.copy_(target)
+    frames = x.transpose(-1, -2)  # [B, C, T, bins]: a frame is a row of the frames-major crops
+    per_frame = kinds.repeat_interleave(token_frames, dim=1)  # [B, tokens * token_frames]
+    crop, frame = on_device(torch.nonzero(per_frame == WHITE, as_tuple=True), x.device)
+    frames[crop, :, frame] = 1.0
+    noisy = per_frame == NOISE
+    crop, frame = on_device(torch.nonzero(noisy, as_tuple=True), x.device)
+    if len(crop):
+        shape = frames.shape[1::2]  # (C, bins) per frame
+        noise = torch.cat([
+            torch.rand((int(n), *shape), device=x.device,
+                       generator=torch.Generator(x.device).manual_seed(int(seed)))
+            for n, seed in zip(noisy.sum(1), noise_seeds, strict=True) if n
+        ])
+        frames[crop, :, frame] = torch.maximum(frames[crop, :, frame], noise.to(x.dtype))
+    return x
 
 
 def mask_sample(sample: dict, cfg: LoaderConfig, rng: np.random.Generator) -> dict:
     """Stream stage: draws the mask of a crop of ``cfg.crop_frames`` frames: adds ``kinds`` (int8
     ``[tokens]``, as ``select_tokens``), ``masked`` (bool ``[T]``, the selected frames) and
-    ``noise_seed`` (of the NOISE tokens' values, drawn when the crop is written)."""
+    ``noise_seed`` (of the NOISE tokens' values, drawn by ``mask_batch``)."""
     n_tokens = cfg.crop_frames // cfg.token_frames
     exclude = seam_tokens(n_tokens) if cfg.next_segment else ()
-    kinds = select_tokens(n_tokens, cfg, rng, exclude)
-    masked = torch.from_numpy(np.repeat(kinds > 0, cfg.token_frames))
+    kinds = torch.from_numpy(select_tokens(n_tokens, cfg, rng, exclude))
+    masked = (kinds > 0).repeat_interleave(cfg.token_frames)
     return {**sample, "kinds": kinds, "masked": masked, "noise_seed": int(rng.integers(2**63))}
 
 
-def write_crop(sample: dict, cfg: LoaderConfig, target: torch.Tensor, masked_input: torch.Tensor):
-    """Write a paired, masked crop (``next_segment_pairs`` then ``mask_sample``) into ``target``
-    and ``masked_input`` ``[C, bins, T]``: the two halves normalised, the separator over the seam
-    (with ``cfg.next_segment``), then the input as the target with the mask applied."""
+def write_crop(sample: dict, cfg: LoaderConfig, target: torch.Tensor):
+    """Write a paired crop (``next_segment_pairs``) into ``target`` ``[C, bins, T]``: the two halves
+    normalised, then the separator over the seam (with ``cfg.next_segment``). Its masked input is
+    ``mask_batch`` of it (in the worker, or where the batch is used)."""
     half = target.shape[-1] // 2
     for window, frames in zip(sample["halves"], (target[..., :half], target[..., half:]), strict=True):
         window.write(frames)
     if cfg.next_segment:
         width = cfg.token_frames // 2
         write_separator(target, half - width, half + width)
-    masked_input.copy_(target)
-    apply_mask(masked_input, sample["kinds"], cfg.token_frames, np.random.default_rng(sample["noise_seed"]))

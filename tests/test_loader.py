@@ -98,6 +98,7 @@ def test_batches_have_the_documented_layout(tar_manifest):
     assert batch["input"].dtype == batch["target"].dtype == torch.float16
     assert batch["masked"].shape == (4, CROP) and batch["masked"].dtype == torch.bool
     assert batch["is_next"].shape == (4,) and batch["is_next"].dtype == torch.bool
+    assert batch["kinds"].shape == (4, CROP // TOKEN) and batch["kinds"].dtype == torch.int8
     assert len(batch["key"]) == len(batch["track"]) == len(batch["pair_track"]) == 4
     assert 0 <= batch["target"].min() and batch["target"].max() <= 1
     assert train.stats() == {"bad_shards": 0, "bad_samples": 0, "short_segments": 0}
@@ -202,6 +203,19 @@ def test_same_seed_same_batches_and_fixed_validation(tar_manifest):
     assert sum(len(x["key"]) for x in first) == 8  # 4 tracks x 2 segments, each once per pass
     assert [x["key"] for x in first] == [x["key"] for x in second]
     assert all(torch.equal(x["input"], y["input"]) for x, y in zip(first, second, strict=True))
+
+
+def test_input_built_after_the_workers_equals_the_workers_input(tar_manifest):
+    """On a GPU the masked input is built on the device from the target, the token kinds and the noise
+    seeds (the workers ship only the target); on one device it is the input the workers write."""
+    a = take(loader(tar_manifest, num_workers=2, seed=6, epoch_batches=3), 3)
+    on_device = loader(tar_manifest, num_workers=2, seed=6, epoch_batches=3, device="cpu",
+                       input_on_device=True)
+    b = take(on_device, 3)
+    for x, y in zip(a, b, strict=True):
+        assert x["key"] == y["key"] and x.keys() == y.keys()
+        assert all(torch.equal(x[k], y[k]) for k in ("input", "target", "masked", "kinds", "is_next"))
+    assert any((x["kinds"] == 2).any() for x in a), "some noise tokens were compared"
 
 
 def test_zarr_shards_give_the_same_batches_as_tar(tar_manifest, zarr_manifest):

@@ -11,7 +11,7 @@ from pipeline.masking import (
     KEEP,
     NOISE,
     WHITE,
-    apply_mask,
+    mask_batch,
     mask_sample,
     next_segment_pairs,
     seam_tokens,
@@ -45,15 +45,29 @@ def test_at_least_one_token_is_selected():
     assert set(counts) == {1}
 
 
-def test_apply_mask_kinds():
-    target = crop()
-    masked = target.clone()
-    kinds = np.array([WHITE, 0, NOISE, KEEP, 0, 0, 0, WHITE], dtype=np.int8)
-    apply_mask(masked, kinds, 8, np.random.default_rng(0))
-    tokens, clean = masked.view(2, 16, 8, 8), target.view(2, 16, 8, 8)
-    assert (tokens[:, :, [0, 7]] == 1.0).all()
-    assert torch.equal(tokens[:, :, [1, 3, 4, 5, 6]], clean[:, :, [1, 3, 4, 5, 6]])
-    assert (tokens[:, :, 2] >= clean[:, :, 2]).all() and not torch.equal(tokens[:, :, 2], clean[:, :, 2])
+def test_mask_batch_kinds():
+    target = torch.stack([crop(), crop(seed=1)])  # [2, C, bins, 64 frames]: 8 tokens of 8
+    kinds = torch.tensor([[WHITE, 0, NOISE, KEEP, 0, 0, 0, WHITE], [0, NOISE, 0, 0, 0, 0, 0, 0]],
+                         dtype=torch.int8)
+    masked = mask_batch(target, kinds, torch.tensor([5, 6]), 8)
+    tokens, clean = masked.view(2, 2, 16, 8, 8), target.view(2, 2, 16, 8, 8)
+    assert (tokens[0, :, :, [0, 7]] == 1.0).all()
+    assert torch.equal(tokens[0, :, :, [1, 3, 4, 5, 6]], clean[0, :, :, [1, 3, 4, 5, 6]])
+    for i, t in ((0, 2), (1, 1)):  # noise: max(noise, original), not the original
+        assert (tokens[i, :, :, t] >= clean[i, :, :, t]).all() and not torch.equal(tokens[i, :, :, t],
+                                                                                   clean[i, :, :, t])
+    assert torch.equal(tokens[1, :, :, [0, 2, 3, 4, 5, 6, 7]], clean[1, :, :, [0, 2, 3, 4, 5, 6, 7]])
+    assert torch.equal(target, torch.stack([crop(), crop(seed=1)])), "the target is left as it was"
+
+
+def test_mask_batch_noise_follows_each_crops_seed():
+    """A crop's noise depends on its own seed, not on its batch mates or its place in the batch."""
+    target = torch.stack([crop(), crop(seed=1)])
+    kinds = torch.tensor([[NOISE] + [0] * 7, [NOISE] + [0] * 7], dtype=torch.int8)
+    both = mask_batch(target, kinds, torch.tensor([5, 6]), 8)
+    alone = mask_batch(target[1:], kinds[1:], torch.tensor([6]), 8)
+    other_seed = mask_batch(target[1:], kinds[1:], torch.tensor([7]), 8)
+    assert torch.equal(both[1], alone[0]) and not torch.equal(alone, other_seed)
 
 
 def test_mask_sample_frames_align_to_tokens():
@@ -61,7 +75,7 @@ def test_mask_sample_frames_align_to_tokens():
     out = mask_sample({"key": "k"}, cfg, np.random.default_rng(2))
     per_token = out["masked"].view(8, 8)
     assert out["masked"].dtype == torch.bool and out["kinds"].shape == (8,)
-    assert torch.equal(per_token.any(1), torch.from_numpy(out["kinds"] > 0))
+    assert torch.equal(per_token.any(1), out["kinds"] > 0)
     assert (per_token.all(1) == per_token.any(1)).all()
     assert not per_token[list(seam_tokens(8))].any()
 
@@ -81,9 +95,12 @@ def segment_sample(i: int, tracks: int = 5, frames: int = 96) -> dict:
 
 
 def write(sample: dict, cfg: LoaderConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    target, masked_input = (torch.empty(2, 16, cfg.crop_frames, dtype=torch.float16) for _ in range(2))
-    write_crop(sample, cfg, target, masked_input)
-    return target, masked_input
+    """The crop's target and masked input, as the loader's batch has them."""
+    target = torch.empty(2, 16, cfg.crop_frames, dtype=torch.float16)
+    write_crop(sample, cfg, target)
+    masked_input = mask_batch(target[None], sample["kinds"][None], torch.tensor([sample["noise_seed"]]),
+                              cfg.token_frames)
+    return target, masked_input[0]
 
 
 def test_next_segment_pairs_foreign_halves():
@@ -109,7 +126,7 @@ def test_next_segment_pairs_foreign_halves():
             assert torch.equal(target[..., 36:], clean[..., 4:])
         else:  # the second half of an earlier crop of another track
             assert any(o["halves"][1] is p["halves"][1] for p in crops if p["track"] == o["pair_track"])
-        unselected = np.repeat(o["kinds"] == 0, 8)
+        unselected = np.repeat(o["kinds"].numpy() == 0, 8)
         assert torch.equal(masked_input[..., unselected], target[..., unselected])
 
 

@@ -259,7 +259,8 @@ def finetune(cfg: Config, manifest: str | Path, run_dir: str | Path, init: str |
              resume: bool = False, device: str | None = None, log: Callable[[str], None] = print) -> int:
     """A whole fine-tuning job (one rank under ``torchrun``); the exit code of ``train.trainer.launch``."""
     cfg = finetune_config(cfg)
-    return launch(lambda c: FinetuneTask(c, manifest, init, run_dir, log), cfg, Path(run_dir), resume, device)
+    return launch(lambda c, _dev: FinetuneTask(c, manifest, init, run_dir, log), cfg, Path(run_dir),
+                  resume, device)
 
 
 def validation_history(run_dir: str | Path) -> list[dict]:

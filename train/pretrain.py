@@ -61,10 +61,11 @@ class PretrainData(Protocol):
 class ManifestData:
     """Batches of the shards in an ingest manifest (``pipeline.loader``); skip counts summed over epochs.
 
-    ``train.next_weight == 0`` also switches off the loader's next-segment pairs."""
+    ``train.next_weight == 0`` also switches off the loader's next-segment pairs. Batches arrive on
+    ``device`` (the trainer's); on a GPU the loader builds their masked input there."""
 
-    def __init__(self, cfg: Config, manifest: str | Path):
-        self.cfg, self.manifest = cfg, manifest
+    def __init__(self, cfg: Config, manifest: str | Path, device: torch.device | str | None = None):
+        self.cfg, self.manifest, self.device = cfg, manifest, device
         self._done: Counter = Counter()
         self._current = None
 
@@ -75,7 +76,7 @@ class ManifestData:
         pairs = self.cfg.loader.next_segment and tc.next_weight > 0
         return build_pretrain_loader(self.manifest, split=split, batch_size=tc.batch_size,
                                      num_workers=tc.num_workers, seed=seed, config=self.cfg,
-                                     next_segment=pairs)
+                                     device=self.device, next_segment=pairs)
 
     def train(self, epoch: int):
         self._done.update(self.stats())

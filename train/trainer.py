@@ -355,14 +355,15 @@ class Trainer:
                 m.train()
 
 
-def launch(make_task: Callable[[Config], Task], cfg: Config, run_dir: Path, resume: bool = False,
-           device: str | None = None) -> int:
+def launch(make_task: Callable[[Config, torch.device], Task], cfg: Config, run_dir: Path,
+           resume: bool = False, device: str | None = None) -> int:
     """A whole training job in this process (one rank under ``torchrun``): join the process group, build
-    the task, train.  Returns the exit code: 0 when the step budget was reached, 128 + the signal
-    number when SIGTERM/SIGINT stopped it (after saving a checkpoint; ``resume=True`` continues)."""
+    the task (``make_task(cfg, this rank's device)``), train.  Returns the exit code: 0 when the step
+    budget was reached, 128 + the signal number when SIGTERM/SIGINT stopped it (after saving a
+    checkpoint; ``resume=True`` continues)."""
     dist = init_distributed(device)
     try:
-        signum = Trainer(make_task(cfg), cfg, run_dir, dist).fit(resume)
+        signum = Trainer(make_task(cfg, dist.device), cfg, run_dir, dist).fit(resume)
     finally:
         close_distributed()
     return 0 if signum is None else 128 + signum

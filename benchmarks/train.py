@@ -7,6 +7,8 @@ Each config runs the trainer's whole step (forward, backward, clipping, AdamW; b
 on (a) in-memory synthetic batches and (b) batches of ``pipeline.loader`` over the shards of
 ``--manifest`` (default: the example library, ingested into a temporary folder), and (c) drains the
 loader alone.  If (b) is well below (a) and (c) is close to (b), the loader starves the trainer.
+On a GPU (c) runs twice: with the masked input built on the GPU (what training does) and by the
+workers (as on a CPU), both pinned and copied to the GPU.
 On a GPU the MFU uses the model's analytic FLOPs (``benchmarks/model.py``; backward = 2 x forward).
 Run it as a module from the repository root (``benchmarks/model.py`` would shadow the model package).
 """
@@ -24,6 +26,7 @@ import torch
 from benchmarks.model import PEAK_BF16
 from configs import load_config
 from model.flops import forward_flops
+from pipeline.loader import build_pretrain_loader
 from train.distributed import Dist
 from train.pretrain import ManifestData, PretrainTask, SyntheticData
 from train.trainer import BatchStream, Progress, Trainer
@@ -59,15 +62,16 @@ def seconds_per_step(trainer: Trainer, batches, steps: int, warmup: int) -> floa
     return (time.perf_counter() - start) / steps
 
 
-def loader_alone(data: ManifestData, batches: int, workers: int) -> float:
+def loader_alone(loader, batches: int, workers: int, device: torch.device) -> float:
     """Seconds per batch of the loader with nothing else running, once the batches its workers
     prefetched (2 each) have been taken: the rate it sustains, not its queue."""
-    it = iter(data.train(0))
+    it = iter(loader)
     for _ in range(2 * workers + 1):
         next(it)
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
+    sync(device)
     return (time.perf_counter() - start) / batches
 
 
@@ -78,10 +82,15 @@ def bench(name: str, device: torch.device, manifest: Path, sets: list[str], step
     synthetic = SyntheticData(cfg, 4)
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(PretrainTask(cfg, synthetic), cfg, Path(run_dir), Dist(device=device))
-        alone = loader_alone(ManifestData(cfg, manifest, device), max(steps, 20), cfg.train.num_workers)
-        rows = {"synthetic": seconds_per_step(trainer, synthetic.train, steps, warmup),
-                "loader": seconds_per_step(trainer, ManifestData(cfg, manifest, device).train, steps, warmup),
-                "loader alone": alone}
+        workers, drained = cfg.train.num_workers, max(steps, 20)
+        rows = {"loader alone": loader_alone(ManifestData(cfg, manifest, device).train(0), drained, workers,
+                                             device)}
+        if device.type == "cuda":  # the input built by the workers, as on a CPU (pinned, copied alike)
+            loader = build_pretrain_loader(manifest, batch_size=b, num_workers=workers, config=cfg,
+                                           device=device, input_on_device=False)
+            rows["loader alone, input by workers"] = loader_alone(loader, drained, workers, device)
+        rows["synthetic"] = seconds_per_step(trainer, synthetic.train, steps, warmup)
+        rows["loader"] = seconds_per_step(trainer, ManifestData(cfg, manifest, device).train, steps, warmup)
         gpu = torch.cuda.get_device_name() if device.type == "cuda" else None
         peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None) if gpu else None
         if peak:
@@ -90,8 +99,8 @@ def bench(name: str, device: torch.device, manifest: Path, sets: list[str], step
     print(f"{name} on {where}: batch {b} x {t} frames, {cfg.train.num_workers} loader workers, "
           f"{'bf16' if trainer.autocast_dtype else 'fp32'}")
     for source, seconds in rows.items():
-        mfu = f"  MFU {flops / seconds / peak:5.1%}" if peak and source != "loader alone" else ""
-        print(f"  {source:<13} {b / seconds:9.2f} samples/s {b * t / seconds:11.0f} frames/s "
+        mfu = f"  MFU {flops / seconds / peak:5.1%}" if peak and not source.startswith("loader alone") else ""
+        print(f"  {source:<30} {b / seconds:9.2f} samples/s {b * t / seconds:11.0f} frames/s "
               f"{seconds * 1e3:9.1f} ms/step{mfu}")
 
 

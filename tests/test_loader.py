@@ -216,6 +216,8 @@ def test_input_built_after_the_workers_equals_the_workers_input(tar_manifest):
         assert x["key"] == y["key"] and x.keys() == y.keys()
         assert all(torch.equal(x[k], y[k]) for k in ("input", "target", "masked", "kinds", "is_next"))
     assert any((x["kinds"] == 2).any() for x in a), "some noise tokens were compared"
+    shipped = next(iter(on_device.loader))  # what a worker sent: the target, not the input
+    assert "input" not in shipped and "input" not in shipped["ring"][2] and "target" in shipped["ring"][2]
 
 
 def test_zarr_shards_give_the_same_batches_as_tar(tar_manifest, zarr_manifest):

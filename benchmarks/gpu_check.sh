@@ -9,7 +9,8 @@
 # google-crc32c) installs them from ./.whl if that folder holds their wheels. Steps, each time-limited:
 #   1. model: large, bf16, eager, batches 8 and 16: ms/step, TFLOP/s, MFU (+ the vanilla reference),
 #      and the kernels of one step by GPU time (benchmarks/model.py)
-#   2. trainer: large, synthetic vs shard batches vs the loader alone (benchmarks/train.py)
+#   2. trainer: large, synthetic vs shard batches vs the loader alone, with the masked input built on
+#      the GPU and by the workers (benchmarks/train.py)
 #   3. CLI: torchrun pretrain (pretrain preset) 20 steps, then --resume to 30 (checkpoints, exit codes)
 #   4. compile: the model under torch.compile (inductor), if time allows (it takes minutes)
 set -u
@@ -31,7 +32,7 @@ step "model"
 timeout 150 python3 -m benchmarks.model --configs --gpu-batch 8 16 --repeats 3 \
     --profile "$out/profile.txt" 2>&1 | tee "$out/model.txt"
 step "trainer"
-timeout 120 python3 -m benchmarks.train --manifest "$manifest" --configs large --workers 4 --steps 5 \
+timeout 150 python3 -m benchmarks.train --manifest "$manifest" --configs large --workers 4 --steps 5 \
     --devices cuda 2>&1 | tee "$out/train.txt"
 step "pretrain CLI"
 run=$(mktemp -d)

@@ -36,8 +36,8 @@ writes each crop's target and input once, straight into the batch's shared memor
 
 With ``device="cuda"`` (GPU training) batches arrive on the GPU, and the workers write only the
 target: the masked input is built there from the target and the mask's draws (``finish_batch``,
-``pipeline.masking.mask_batch``: a few kernels per batch), so the workers write, and the batches
-carry between processes and to the GPU, half the bytes (4 MB per crop instead of 8).
+``pipeline.masking.mask_batch``: a small operation per selected token), so the workers write, and the
+batches carry between processes and to the GPU, half the bytes (4 MB per crop instead of 8).
 
 A fine-tuning loader calls ``build_loader`` with the stems shards and its own task (crops at
 ``crop_start`` taken with ``interleaved``, remix, magnitudes with ``normalise``), getting the same
@@ -48,7 +48,7 @@ worker core from tar shards, 155-185 from zarr (its arrays read by ``pipeline.sh
 ~8 ms per segment like tar, against 13-20 ms through zarr's own read path). Per crop: decoding
 1.3-1.7 ms (a quarter of a segment), the stages after it 2.6-3.5 ms, nearly all of it writing target
 and input (8 MB) into the batch; 0.8-1.1 ms for the target alone, so a worker for GPU training makes
-240-265 crops per CPU second against 170-190. Workers write batches into reused shared memory
+200-260 crops per CPU second against 165-190. Workers write batches into reused shared memory
 (``pipeline.stages.BatchRing``): a batch the caller keeps is never overwritten.
 """
 

@@ -127,7 +127,7 @@ def stage_rows(tar_manifest: Path, zarr_manifest: Path, crops_per_segment: int) 
             for group in groups[:RING_SLOTS]:  # first use of each slot: page faults, once per worker
                 collate(group)
             writes[with_input] = timed(f"write {label}", collate, groups, rows, 8)
-    batches = [BatchRing(workers=1).collate(group) for group in groups[:4]]
+    batches = [BatchRing(workers=1).collate(group) for group in groups[:4]]  # target only: the last groups
     timed("mask_batch (GPU training)", partial(finish_batch, device=None, token_frames=cfg.token_frames),
           batches * 4, rows, 8)
     for with_input, label in ((True, "CPU training, input written by the workers"),

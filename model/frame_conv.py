@@ -103,8 +103,8 @@ class FrameConv(nn.Conv2d):
     """A (k, 1) convolution with stride (s, 1), "same" padding along frequency, no bias; k odd.
 
     ``[B, Cin, F, T] -> [B, Cout, ceil(F / s), T]``.  Narrow ones (fewer than ``NARROW`` input or output
-    channels) on CPU run ``_FrameConvFunction``; the others, and all when tracing or exporting to ONNX,
-    ``nn.Conv2d``.
+    channels) on NCHW maps on CPU (training) run ``_FrameConvFunction``; the others, channels-last maps
+    (CUDA, CPU inference) and all when tracing or exporting to ONNX, ``nn.Conv2d``.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
@@ -113,7 +113,7 @@ class FrameConv(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         narrow = min(self.in_channels, self.out_channels) < NARROW
-        if not narrow or x.device.type != "cpu" or plain_ops():
+        if not narrow or x.device.type != "cpu" or not x.is_contiguous() or plain_ops():
             return super().forward(x)
         weight = self.weight
         if torch.is_autocast_enabled("cpu"):  # the dtype autocast gives convolutions

@@ -9,7 +9,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from configs import ConfigError, load_config
-from model import build_discriminator, build_model, describe, frame_conv
+from model import build_discriminator, build_model, describe
 from model.attention import Attention, TimeConv, skew
 from model.frame_conv import FrameConv
 from model.unet import FrameTransformer
@@ -147,10 +147,10 @@ def test_tiny_shapes_odd_and_even_frames(frames):
     assert next_logit.shape == (2,) and next_logit.dtype == torch.float32
 
 
-def test_channels_last_maps_stay_channels_last(monkeypatch):
-    """CUDA runs the maps channels-last through nn.Conv2d (NARROW = 0 gives that path on CPU): every block
-    keeps the layout, no value changes, and the mask comes back in the plain layout."""
-    monkeypatch.setattr(frame_conv, "NARROW", 0)
+def test_inference_runs_channels_last_maps():
+    """CPU training runs the maps NCHW (narrow convs by FrameConv's matrix products); inference, as CUDA
+    always, channels-last through nn.Conv2d: every block keeps the layout, the values agree, and the mask
+    comes back in the plain layout."""
     model = tiny().eval()
     layouts = []
     for block in model.modules():
@@ -158,14 +158,16 @@ def test_channels_last_maps_stay_channels_last(monkeypatch):
             block.register_forward_hook(
                 lambda _, args, out: layouts.append(out.is_contiguous(memory_format=torch.channels_last)))
     x = spectrogram(2, 21)
+    reference, reference_logit = model(x)  # gradients on: the training layout
+    assert layouts and not any(layouts)
+    layouts.clear()
     with torch.no_grad():
-        reference, reference_logit = model(x)
-        layouts.clear()
-        mask, next_logit = model(x.contiguous(memory_format=torch.channels_last))
+        mask, next_logit = model(x)
     assert layouts and all(layouts)
     assert mask.is_contiguous()
-    torch.testing.assert_close(mask, reference)
-    torch.testing.assert_close(next_logit, reference_logit)
+    # different kernels sum in different orders: float32 rounding only
+    torch.testing.assert_close(mask, reference.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(next_logit, reference_logit.detach(), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["base", "large", "flat"])

@@ -7,7 +7,8 @@
 # what the shards were ingested to). OUT (default: gpu-check) gets the logs and a kernel profile.
 # A machine without the loader's packages (webdataset, braceexpand, numcodecs, zstandard,
 # google-crc32c) installs them from ./.whl if that folder holds their wheels. Steps, each time-limited:
-#   1. model: large, bf16, eager, batches 8 and 16: ms/step, TFLOP/s, MFU (+ the vanilla reference),
+#   1. model: large, bf16, eager, batches 8 and 16: ms/step, TFLOP/s, MFU (+ the vanilla reference and
+#      our transformer blocks alone, without the U-Net),
 #      and the kernels of one step by GPU time (benchmarks/model.py)
 #   2. trainer: large, synthetic vs shard batches vs the loader alone, with the masked input built on
 #      the GPU and by the workers (benchmarks/train.py)

@@ -166,8 +166,8 @@ def test_inference_runs_channels_last_maps():
     assert layouts and all(layouts)
     assert mask.is_contiguous()
     # different kernels sum in different orders: float32 rounding only
-    torch.testing.assert_close(mask, reference.detach(), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(next_logit, reference_logit.detach(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mask, reference.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(next_logit, reference_logit.detach(), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["base", "large", "flat"])

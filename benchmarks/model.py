@@ -7,8 +7,8 @@
 FLOPs are counted analytically by ``model.flops.forward_flops`` (linear and convolution layers, the
 attention matmuls; not norms and activations); a backward pass costs twice the forward.  The vanilla
 reference has, for each d_model of our blocks, as many vanilla layers as we have blocks of that width.
-On CPU a third row times our transformer blocks alone, without the U-Net around them (same widths and
-batch as the vanilla reference): it tells the blocks' cost from the frame convolutions'.
+A third row times our transformer blocks alone, without the U-Net around them (same widths and batch
+as the vanilla reference; on a GPU when not compiled): it tells the blocks' cost from the U-Net's.
 
 Timing: the models take turns step by step and each keeps its fastest step (a load change on a
 shared machine hits both alike).  ``--clock cpu --threads 1`` times the main thread's CPU time, which
@@ -117,40 +117,50 @@ def step_times(
     return [min(spent) for spent in times]
 
 
-def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) -> None:
+def contestants(name: str, batch: int, frames: int, device: str, with_blocks: bool = True) -> dict:
+    """``label -> (module, input, FLOPs of a forward+backward step)``: "ours" (config ``name``), "blocks"
+    (its transformer blocks alone, with ``with_blocks``) and "vanilla" (the reference of the same widths)."""
     torch.manual_seed(0)
-    model = build_model(name)
-    x = torch.rand(batch, 2, 1024, frames)
-    ours_flops = 3 * forward_flops(model, x)
+    model = build_model(name).to(device)
+    x = torch.rand(batch, 2, 1024, frames, device=device)
     cfg, _ = resolve(name)
-    vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout)
-    tokens = torch.randn(batch, frames, vanilla.widths[0][0])
-    ref_flops = 3 * vanilla.flops(batch, frames, cfg.expansion)
-    blocks = BlockStack(model)
-    block_flops = 3 * forward_flops(blocks, tokens)
-    ours, alone, ref = step_times([(model, x), (blocks, tokens), (vanilla, tokens)], repeats, clock=clock)
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    ref_params = sum(p.numel() for p in vanilla.parameters()) / 1e6
+    vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout).to(device)
+    tokens = torch.randn(batch, frames, vanilla.widths[0][0], device=device)
+    runs = {"ours": (model, x, 3 * forward_flops(model, x))}
+    if with_blocks:
+        blocks = BlockStack(model)
+        runs["blocks"] = (blocks, tokens, 3 * forward_flops(blocks, tokens))
+    runs["vanilla"] = (vanilla, tokens, 3 * vanilla.flops(batch, frames, cfg.expansion))
+    return runs
+
+
+def rates(runs: dict, repeats: int, **step_options) -> tuple[dict, dict]:
+    """Fastest step's seconds and FLOP/s of each of ``contestants``, taking turns (``step_times``)."""
+    times = step_times([(module, inputs) for module, inputs, _ in runs.values()], repeats, **step_options)
+    seconds = dict(zip(runs, times, strict=True))
+    return seconds, {label: runs[label][2] / seconds[label] for label in runs}
+
+
+def ratio_line(rate: dict, target: str) -> str:
+    alone = f"; blocks alone/vanilla: {rate['blocks'] / rate['vanilla']:.2f}" if "blocks" in rate else ""
+    return f"  FLOP-rate ratio ours/vanilla: {rate['ours'] / rate['vanilla']:.2f}{alone}  ({target})"
+
+
+def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) -> None:
+    runs = contestants(name, batch, frames, "cpu")
+    seconds, rate = rates(runs, repeats, clock=clock)
     per_frame = 1e3 / (batch * frames)
+    notes = {"blocks": "(ours without the U-Net)", "vanilla": f"(d, layers): {runs['vanilla'][0].widths}"}
     threads = torch.get_num_threads()
     print(f"{name}: batch {batch} x {frames} frames, fwd+bwd, {threads} CPU threads, {clock} clock")
-    print(
-        f"  ours     {params:7.1f}M params  {ours * per_frame:8.3f} ms/frame  "
-        f"{ours_flops / 1e9:8.2f} GFLOP  {ours_flops / ours / 1e9:7.2f} GFLOP/s"
-    )
-    print(
-        f"  blocks   {'':16s}  {alone * per_frame:8.3f} ms/frame  "
-        f"{block_flops / 1e9:8.2f} GFLOP  {block_flops / alone / 1e9:7.2f} GFLOP/s  (ours without the U-Net)"
-    )
-    print(
-        f"  vanilla  {ref_params:7.1f}M params  {ref * per_frame:8.3f} ms/frame  "
-        f"{ref_flops / 1e9:8.2f} GFLOP  {ref_flops / ref / 1e9:7.2f} GFLOP/s  (d, layers): {vanilla.widths}"
-    )
-    rate = ref_flops / ref
-    print(
-        f"  FLOP-rate ratio ours/vanilla: {ours_flops / ours / rate:.2f}  (target >= 0.9); "
-        f"blocks alone/vanilla: {block_flops / alone / rate:.2f}"
-    )
+    for label, (module, _, flops) in runs.items():
+        params = sum(p.numel() for p in module.parameters()) / 1e6
+        line = (
+            f"  {label:<8} {params:7.1f}M params  {seconds[label] * per_frame:8.3f} ms/frame  "
+            f"{flops / 1e9:8.2f} GFLOP  {rate[label] / 1e9:7.2f} GFLOP/s  {notes.get(label, '')}"
+        )
+        print(line.rstrip())
+    print(ratio_line(rate, "target >= 0.9"))
 
 
 def mfu_gpu(
@@ -159,24 +169,10 @@ def mfu_gpu(
     """Print the MFU of config ``name`` in bf16 (forward+backward), of its vanilla reference and (eager
     only: compiling them too would double the compile time) of our transformer blocks alone."""
     torch.backends.cudnn.benchmark = True  # as the trainer does
-    torch.manual_seed(0)
-    model = build_model(name).cuda()
-    x = torch.rand(batch, 2, 1024, frames, device="cuda")
-    cfg, _ = resolve(name)
-    vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout).cuda()
-    tokens = torch.randn(batch, frames, vanilla.widths[0][0], device="cuda")
-    runs = {  # label: (module, input, FLOPs of a forward+backward step)
-        "ours": (model, x, 3 * forward_flops(model, x)),
-        "vanilla": (vanilla, tokens, 3 * vanilla.flops(batch, frames, cfg.expansion)),
-    }
+    runs = contestants(name, batch, frames, "cuda", with_blocks=not compile_model)
     if compile_model:
         runs = {label: (torch.compile(module), *rest) for label, (module, *rest) in runs.items()}
-    else:
-        blocks = BlockStack(model)
-        runs["blocks"] = (blocks, tokens, 3 * forward_flops(blocks, tokens))
-    times = step_times([(module, inputs) for module, inputs, _ in runs.values()], repeats, bf16=True)
-    seconds = dict(zip(runs, times, strict=True))
-    rate = {label: runs[label][2] / seconds[label] for label in runs}
+    seconds, rate = rates(runs, repeats, bf16=True)
     gpu = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
     memory = torch.cuda.max_memory_allocated() / 2**30
@@ -185,10 +181,10 @@ def mfu_gpu(
     for label in runs:
         mfu = f"MFU {rate[label] / peak:6.1%}" if peak else "MFU: unknown peak for this GPU"
         print(f"  {label:<8} {seconds[label] * 1e3:8.1f} ms/step {rate[label] / 1e12:7.1f} TFLOP/s  {mfu}")
-    alone = f"; blocks alone/vanilla: {rate['blocks'] / rate['vanilla']:.2f}" if "blocks" in rate else ""
-    print(f"  FLOP-rate ratio ours/vanilla: {rate['ours'] / rate['vanilla']:.2f}{alone}  (MFU target >= 40%)")
+    print(ratio_line(rate, "MFU target >= 40%"))
     if profile:
-        write_profile(runs["ours"][0], x, profile)
+        model, x, _ = runs["ours"]
+        write_profile(model, x, profile)
     torch.cuda.reset_peak_memory_stats()
 
 

@@ -172,6 +172,8 @@ def mfu_gpu(
     runs = contestants(name, batch, frames, "cuda", with_blocks=not compile_model)
     if compile_model:
         runs = {label: (torch.compile(module), *rest) for label, (module, *rest) in runs.items()}
+        for label, (module, x, _) in runs.items():  # the first step compiles (minutes for large)
+            print(f"  {label}: compiled and ran its first step in {one_step(module, x, bf16=True):.0f} s")
     seconds, rate = rates(runs, repeats, bf16=True)
     gpu = torch.cuda.get_device_name()
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
@@ -194,7 +196,7 @@ def write_profile(model: nn.Module, x: torch.Tensor, path: str) -> None:
 
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         wall = one_step(model, x, bf16=True)
-    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=60)
     with open(path, "w") as f:
         f.write(f"one step: {wall * 1e3:.1f} ms wall (profiled)\n{table}\n")
     print(f"  profile of one step written to {path}")

@@ -12,7 +12,7 @@ from configs import ConfigError, load_config
 from model import build_discriminator, build_model, describe
 from model.attention import Attention, TimeConv, skew
 from model.frame_conv import FrameConv
-from model.unet import FrameTransformer
+from model.unet import FrameTransformer, blend_upsample
 
 STATED_SIZES = {"tiny": 1.8e6, "base": 50e6, "large": 200e6, "flat": 50e6}  # as the presets' comments say
 
@@ -135,6 +135,22 @@ def test_frame_conv_equals_conv2d(channels, kernel_size, stride, bins):
     grads = [torch.autograd.grad(y, inputs, grad) for y in (ours, reference)]
     for got, want in zip(*grads, strict=True):
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("bins", [1, 2, 7])
+def test_blend_upsample_equals_interpolate(layout, bins):
+    """The compiled models' upsampling: bilinear interpolate's values and gradients, in the input's layout."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, bins, 5, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    ours = blend_upsample(x)
+    reference = F.interpolate(x, scale_factor=(2, 1), mode="bilinear")
+    assert ours.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=0)
+    grad = torch.randn_like(ours)
+    torch.testing.assert_close(
+        torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(reference, x, grad)[0], atol=1e-12, rtol=0
+    )
 
 
 # --- the whole model ----------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
     python -m benchmarks.model                      # CPU: tiny and base vs vanilla; GPU: also large MFU
     python -m benchmarks.model --configs tiny --threads 1
     python -m benchmarks.model --configs --gpu-batch 8 16 --profile prof.txt   # GPU only
+    python -m benchmarks.model --configs --compile --gpu-runs ours              # compiled large only
 
 FLOPs are counted analytically by ``model.flops.forward_flops`` (linear and convolution layers, the
 attention matmuls; not norms and activations); a backward pass costs twice the forward.  The vanilla
 reference has, for each d_model of our blocks, as many vanilla layers as we have blocks of that width.
 A third row times our transformer blocks alone, without the U-Net around them (same widths and batch
-as the vanilla reference; on a GPU when not compiled): it tells the blocks' cost from the U-Net's.
+as the vanilla reference; on a GPU, eager unless ``--gpu-runs`` names it): it tells the blocks' cost
+from the U-Net's.
 
 Timing: the models take turns step by step and each keeps its fastest step (a load change on a
 shared machine hits both alike).  ``--clock cpu --threads 1`` times the main thread's CPU time, which
@@ -117,21 +119,26 @@ def step_times(
     return [min(spent) for spent in times]
 
 
-def contestants(name: str, batch: int, frames: int, device: str, with_blocks: bool = True) -> dict:
-    """``label -> (module, input, FLOPs of a forward+backward step)``: "ours" (config ``name``), "blocks"
-    (its transformer blocks alone, with ``with_blocks``) and "vanilla" (the reference of the same widths)."""
+LABELS = ("ours", "blocks", "vanilla")
+
+
+def contestants(name: str, batch: int, frames: int, device: str, labels=LABELS) -> dict:
+    """``label -> (module, input, FLOPs of a forward+backward step)`` for each of ``labels``: "ours"
+    (config ``name``), "blocks" (its transformer blocks alone) and "vanilla" (the reference of the same
+    widths)."""
     torch.manual_seed(0)
     model = build_model(name).to(device)
     x = torch.rand(batch, 2, 1024, frames, device=device)
     cfg, _ = resolve(name)
     vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout).to(device)
     tokens = torch.randn(batch, frames, vanilla.widths[0][0], device=device)
-    runs = {"ours": (model, x, 3 * forward_flops(model, x))}
-    if with_blocks:
-        blocks = BlockStack(model)
-        runs["blocks"] = (blocks, tokens, 3 * forward_flops(blocks, tokens))
-    runs["vanilla"] = (vanilla, tokens, 3 * vanilla.flops(batch, frames, cfg.expansion))
-    return runs
+    blocks = BlockStack(model)
+    runs = {
+        "ours": (model, x, 3 * forward_flops(model, x)),
+        "blocks": (blocks, tokens, 3 * forward_flops(blocks, tokens)),
+        "vanilla": (vanilla, tokens, 3 * vanilla.flops(batch, frames, cfg.expansion)),
+    }
+    return {label: runs[label] for label in labels}
 
 
 def rates(runs: dict, repeats: int, **step_options) -> tuple[dict, dict]:
@@ -142,8 +149,10 @@ def rates(runs: dict, repeats: int, **step_options) -> tuple[dict, dict]:
 
 
 def ratio_line(rate: dict, target: str) -> str:
-    alone = f"; blocks alone/vanilla: {rate['blocks'] / rate['vanilla']:.2f}" if "blocks" in rate else ""
-    return f"  FLOP-rate ratio ours/vanilla: {rate['ours'] / rate['vanilla']:.2f}{alone}  ({target})"
+    """The FLOP-rate ratios of ours and blocks (those in ``rate``) to the vanilla reference's."""
+    shown = [label for label in ("ours", "blocks") if label in rate]
+    ratios = [f"{label}/vanilla {rate[label] / rate['vanilla']:.2f}" for label in shown]
+    return f"  FLOP-rate ratio {'; '.join(ratios)}  ({target})"
 
 
 def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) -> None:
@@ -164,12 +173,12 @@ def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) ->
 
 
 def mfu_gpu(
-    name: str, batch: int, frames: int, repeats: int, compile_model: bool, profile: str | None
+    name: str, batch: int, frames: int, repeats: int, compile_model: bool, profile: str | None, labels
 ) -> None:
-    """Print the MFU of config ``name`` in bf16 (forward+backward), of its vanilla reference and (eager
-    only: compiling them too would double the compile time) of our transformer blocks alone."""
+    """Print the MFU in bf16 (forward+backward) of each of ``labels``: config ``name``, its transformer
+    blocks alone, its vanilla reference.  Compiling takes minutes each (large: 6 minutes on an H100)."""
     torch.backends.cudnn.benchmark = True  # as the trainer does
-    runs = contestants(name, batch, frames, "cuda", with_blocks=not compile_model)
+    runs = contestants(name, batch, frames, "cuda", labels)
     if compile_model:
         runs = {label: (torch.compile(module), *rest) for label, (module, *rest) in runs.items()}
         for label, (module, x, _) in runs.items():  # the first step compiles (minutes for large)
@@ -183,8 +192,9 @@ def mfu_gpu(
     for label in runs:
         mfu = f"MFU {rate[label] / peak:6.1%}" if peak else "MFU: unknown peak for this GPU"
         print(f"  {label:<8} {seconds[label] * 1e3:8.1f} ms/step {rate[label] / 1e12:7.1f} TFLOP/s  {mfu}")
-    print(ratio_line(rate, "MFU target >= 40%"))
-    if profile:
+    if "vanilla" in rate:
+        print(ratio_line(rate, "MFU target >= 40%"))
+    if profile and "ours" in runs:
         model, x, _ = runs["ours"]
         write_profile(model, x, profile)
     torch.cuda.reset_peak_memory_stats()
@@ -214,6 +224,10 @@ def main() -> None:
     parser.add_argument("--gpu-frames", type=int, default=1024)
     parser.add_argument("--gpu-batch", type=int, nargs="+", default=[8], help="one GPU run per batch size")
     parser.add_argument("--compile", action="store_true", help="torch.compile the GPU models")
+    parser.add_argument(
+        "--gpu-runs", nargs="+", choices=LABELS,
+        help="GPU: which to time (default: all eager; ours and vanilla compiled)",
+    )
     parser.add_argument("--profile", metavar="FILE", help="GPU: kernel profile of one step")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     parser.add_argument(
@@ -228,7 +242,8 @@ def main() -> None:
     if torch.cuda.is_available():
         for i, batch in enumerate(args.gpu_batch):
             profile = args.profile if i == 0 else None
-            mfu_gpu(args.gpu_config, batch, args.gpu_frames, args.repeats, args.compile, profile)
+            labels = args.gpu_runs or (("ours", "vanilla") if args.compile else LABELS)
+            mfu_gpu(args.gpu_config, batch, args.gpu_frames, args.repeats, args.compile, profile, labels)
     else:
         print("no GPU: MFU of the large config not measured")
 

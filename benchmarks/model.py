@@ -122,7 +122,7 @@ def step_times(
 LABELS = ("ours", "blocks", "vanilla")
 
 
-def contestants(name: str, batch: int, frames: int, device: str, labels=LABELS) -> dict:
+def contestants(name: str, batch: int, frames: int, device: str, labels: tuple = LABELS) -> dict:
     """``label -> (module, input, FLOPs of a forward+backward step)`` for each of ``labels``: "ours"
     (config ``name``), "blocks" (its transformer blocks alone) and "vanilla" (the reference of the same
     widths)."""
@@ -173,7 +173,7 @@ def compare_cpu(name: str, batch: int, frames: int, repeats: int, clock: str) ->
 
 
 def mfu_gpu(
-    name: str, batch: int, frames: int, repeats: int, compile_model: bool, profile: str | None, labels
+    name: str, batch: int, frames: int, repeats: int, compile_model: bool, profile: str | None, labels: tuple
 ) -> None:
     """Print the MFU in bf16 (forward+backward) of each of ``labels``: config ``name``, its transformer
     blocks alone, its vanilla reference.  Compiling takes minutes each (large: 6 minutes on an H100)."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from configs import ConfigError, load_config, preset_names
+from specbert.configs import ConfigError, load_config, preset_names
 
 
 def config_options(command):
@@ -65,7 +65,7 @@ def example(out, seed, artists, albums_per_artist, songs_per_album, seconds, ste
     OUT/library holds Artist/Album/NN - Title.{flac,mp3,ogg,wav}; OUT/stems holds
     train/ and test/ tracks with mixture, vocals, drums, bass, other and accompaniment.
     """
-    from pipeline.example_library import write_example_library, write_example_stems
+    from specbert.pipeline.example_library import write_example_library, write_example_stems
 
     rate = cfg.audio.sample_rate
     files = write_example_library(out / "library", seed=seed, artists=artists,
@@ -96,9 +96,9 @@ def pretrain(manifest, run_dir, steps, resume, device, cfg):
     Exit code 0 at the step budget; 143 (SIGTERM) or 130 (SIGINT) after a signal stopped the run
     and a checkpoint was saved: run again with --resume to continue.
     """
-    from train.checkpoint import CheckpointError
-    from train.pretrain import ManifestData, PretrainTask
-    from train.trainer import launch
+    from specbert.train.checkpoint import CheckpointError
+    from specbert.train.pretrain import ManifestData, PretrainTask
+    from specbert.train.trainer import launch
 
     if steps is not None:
         cfg.train.steps = steps
@@ -114,7 +114,7 @@ def _finetune_summary(run_dir: Path) -> None:
     """Print a run's validation uSDR over the steps (rank 0 only)."""
     import os
 
-    from train.finetune import validation_history
+    from specbert.train.finetune import validation_history
 
     if os.environ.get("RANK", "0") != "0":
         return
@@ -148,9 +148,9 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
     batch size, checkpoints and logging are the train section's.  Several GPUs:
     torchrun --nproc_per_node N $(which specbert) finetune ...   Exit codes as for pretrain.
     """
-    from train.checkpoint import CheckpointError
-    from train.export import ExportError
-    from train.finetune import finetune as run
+    from specbert.train.checkpoint import CheckpointError
+    from specbert.train.export import ExportError
+    from specbert.train.finetune import finetune as run
 
     if steps is not None:
         cfg.finetune.steps = steps
@@ -179,9 +179,9 @@ def compare(manifest, init, run_dir, steps, device, cfg):
 
     Run it again to continue both arms (they resume from their checkpoints).
     """
-    from train.checkpoint import CheckpointError
-    from train.compare import compare as run
-    from train.export import ExportError
+    from specbert.train.checkpoint import CheckpointError
+    from specbert.train.compare import compare as run
+    from specbert.train.export import ExportError
 
     if steps is not None:
         cfg.finetune.steps = steps
@@ -189,7 +189,7 @@ def compare(manifest, init, run_dir, steps, device, cfg):
         report, paths = run(cfg, manifest, init, run_dir, device, log=click.echo)
     except (CheckpointError, ExportError, ConfigError) as err:
         raise click.ClickException(str(err)) from None
-    from train.compare import markdown
+    from specbert.train.compare import markdown
 
     click.echo(markdown(report))
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
@@ -220,8 +220,8 @@ def ingest_options(command):
 
 def _run_ingest(run, roots, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
     """Shared body of the ingest commands: print the summary, exit 1 when a file failed."""
-    from configs import ConfigError
-    from pipeline.ingest import IngestError, with_options
+    from specbert.configs import ConfigError
+    from specbert.pipeline.ingest import IngestError, with_options
 
     try:
         cfg = with_options(cfg, format=fmt, codec=codec, workers=workers, scheduler=scheduler)
@@ -246,7 +246,7 @@ def ingest(library, outs, manifest, fmt, codec, workers, scheduler, progress, cf
     Runs again on the same library and outputs, it skips what is done and finishes the rest.
     Exit code 1 when any file failed (the summary and the manifest say which, and why).
     """
-    from pipeline.ingest import ingest_library
+    from specbert.pipeline.ingest import ingest_library
 
     _run_ingest(ingest_library, library, outs, manifest, fmt, codec, workers, scheduler, progress, cfg)
 
@@ -261,7 +261,7 @@ def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progre
 
     The stems stored are ingest.stems (default mixture, vocals, accompaniment), aligned in one sample.
     """
-    from pipeline.ingest import ingest_stems as run
+    from specbert.pipeline.ingest import ingest_stems as run
 
     _run_ingest(run, dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg)
 
@@ -274,7 +274,7 @@ def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progre
 @config_options
 def inspect(paths, png, sample_index, cfg):
     """Counts, hours, splits and sizes of a manifest or of shards; --png shows a sample."""
-    from pipeline.inspect import describe, render_png
+    from specbert.pipeline.inspect import describe, render_png
 
     try:
         for line in describe(paths):
@@ -288,7 +288,7 @@ def inspect(paths, png, sample_index, cfg):
 def stored_config_overrides() -> dict:
     """``--config`` and ``--set`` as a nested dict, for commands that merge them over a model's stored config
     (``config_options`` has already checked them)."""
-    from configs import merge, parse_override, read_yaml
+    from specbert.configs import merge, parse_override, read_yaml
 
     params = click.get_current_context().params
     data = read_yaml(params["config_source"]) if params["config_source"] else {}
@@ -310,7 +310,13 @@ def export(checkpoint, out, onnx, torchscript, cfg):
     STFT, the sample rate, the format version and a hash; loading it runs no pickle.  --config and --set
     are merged over the checkpoint's config.
     """
-    from train.export import ExportError, export_checkpoint, export_onnx, export_torchscript, load_model
+    from specbert.train.export import (
+        ExportError,
+        export_checkpoint,
+        export_onnx,
+        export_torchscript,
+        load_model,
+    )
 
     try:
         path = export_checkpoint(checkpoint, out, stored_config_overrides())
@@ -350,8 +356,8 @@ def _separator(model_path, device, **options):
     """The ``Separator`` of the CLI options; --config/--set merged over the model's stored config."""
     import torch
 
-    from train.export import ExportError
-    from train.separate import Separator
+    from specbert.train.export import ExportError
+    from specbert.train.separate import Separator
 
     if device == "auto":
         mps = torch.backends.mps.is_available()
@@ -415,8 +421,8 @@ def evaluate(model_path, dataset, split, out_dir, use_museval, png, cfg, **optio
     ratio mask with the mixture's phase): uSDR (whole-track, mean over tracks) and museval SDR (BSSEval
     v4, median over 1 s windows, median over tracks), for instrumental and vocals.
     """
-    from train.evaluate import evaluate as run
-    from train.evaluate import markdown, write_report
+    from specbert.train.evaluate import evaluate as run
+    from specbert.train.evaluate import markdown, write_report
 
     separator = _separator(model_path, **options)
     try:
@@ -439,8 +445,8 @@ def model_info(frames, cfg):
     """
     import torch
 
-    from model import build_discriminator, build_model, count_parameters, describe
-    from model.flops import forward_flops
+    from specbert.model import build_discriminator, build_model, count_parameters, describe
+    from specbert.model.flops import forward_flops
 
     frames = frames or cfg.loader.crop_frames
     with torch.device("meta"):

@@ -34,15 +34,15 @@ import numpy as np
 import psutil
 import soundfile as sf
 
-from configs import load_config
-from configs.audio import AudioConfig
-from pipeline.audio import read_audio, stft
-from pipeline.codecs import get_codec
-from pipeline.example_library import render_song
-from pipeline.ingest import LOCAL_CLUSTER_CONFIG, ingest_library
-from pipeline.scan import identify, scan_library
-from pipeline.tasks import ShardJob, write_shard
-from pipeline.tracks import stored_array
+from specbert.configs import load_config
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.audio import read_audio, stft
+from specbert.pipeline.codecs import get_codec
+from specbert.pipeline.example_library import render_song
+from specbert.pipeline.ingest import LOCAL_CLUSTER_CONFIG, ingest_library
+from specbert.pipeline.scan import identify, scan_library
+from specbert.pipeline.tasks import ShardJob, write_shard
+from specbert.pipeline.tracks import stored_array
 
 CODECS = ("f16", "f16r6", "f16r5", "f16r4")
 AUDIO = AudioConfig()

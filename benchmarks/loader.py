@@ -44,20 +44,26 @@ import psutil
 import torch
 import webdataset as wds
 
-from configs import load_config
-from configs.loader import LoaderConfig
-from pipeline.loader import build_pretrain_loader, clip_to_peak, crop_halves, defer_crop, finish_batch
-from pipeline.manifest import read_manifest
-from pipeline.masking import mask_sample, next_segment_pairs
-from pipeline.shards import decode_sample, iter_zarr_shard
-from pipeline.stages import RING_SLOTS, BatchRing, setup_worker, tar_samples
+from specbert.configs import load_config
+from specbert.configs.loader import LoaderConfig
+from specbert.pipeline.loader import (
+    build_pretrain_loader,
+    clip_to_peak,
+    crop_halves,
+    defer_crop,
+    finish_batch,
+)
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.masking import mask_sample, next_segment_pairs
+from specbert.pipeline.shards import decode_sample, iter_zarr_shard
+from specbert.pipeline.stages import RING_SLOTS, BatchRing, setup_worker, tar_samples
 
 
 def ingest(data: Path) -> dict[str, Path]:
     """Example library (6 tracks of 50 s: one segment of 2048 frames each, one track per shard)
     ingested as tar and as zarr."""
-    from pipeline.example_library import write_example_library
-    from pipeline.ingest import ingest_library
+    from specbert.pipeline.example_library import write_example_library
+    from specbert.pipeline.ingest import ingest_library
 
     manifests = {fmt: data / fmt / "manifest.jsonl" for fmt in ("tar", "zarr")}
     if all(m.exists() for m in manifests.values()):

@@ -27,9 +27,9 @@ from collections import Counter
 import torch
 from torch import nn
 
-from model import build_model, resolve
-from model.blocks import EvolvedBlock
-from model.flops import forward_flops
+from specbert.model import build_model, resolve
+from specbert.model.blocks import EvolvedBlock
+from specbert.model.flops import forward_flops
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}  # dense tensor-core FLOP/s
 

@@ -24,18 +24,18 @@ from pathlib import Path
 import soundfile as sf
 import torch
 
-from configs import load_config
-from model import build_model
-from pipeline.example_library import render_song
-from train.export import save_model_file
-from train.separate import Separator
+from specbert.configs import load_config
+from specbert.model import build_model
+from specbert.pipeline.example_library import render_song
+from specbert.train.export import save_model_file
+from specbert.train.separate import Separator
 
 RATE = 44100
 # VmHWM, the peak resident set of this process's memory map: ru_maxrss would also count the parent's
 # resident set at the fork (Linux keeps the larger across exec), e.g. the base model of the speed test.
 PROBE = """
 import sys, torch
-from train.separate import Separator
+from specbert.train.separate import Separator
 torch.set_num_threads(int(sys.argv[5]))
 Separator(sys.argv[1], device=sys.argv[4]).separate_file(sys.argv[2], sys.argv[3])
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))

@@ -24,18 +24,18 @@ from pathlib import Path
 import torch
 
 from benchmarks.model import PEAK_BF16
-from configs import load_config
-from model.flops import forward_flops
-from pipeline.loader import build_pretrain_loader
-from train.distributed import Dist
-from train.pretrain import ManifestData, PretrainTask, SyntheticData
-from train.trainer import BatchStream, Progress, Trainer
+from specbert.configs import load_config
+from specbert.model.flops import forward_flops
+from specbert.pipeline.loader import build_pretrain_loader
+from specbert.train.distributed import Dist
+from specbert.train.pretrain import ManifestData, PretrainTask, SyntheticData
+from specbert.train.trainer import BatchStream, Progress, Trainer
 
 
 def example_manifest(root: Path, frames: int) -> Path:
     """Ingest a small example library (songs long enough for ``frames``-frame crops) under ``root``."""
-    from pipeline.example_library import write_example_library
-    from pipeline.ingest import ingest_library
+    from specbert.pipeline.example_library import write_example_library
+    from specbert.pipeline.ingest import ingest_library
 
     cfg = load_config("tiny", ["ingest.workers=2", "ingest.shard_bytes=1000000", "ingest.val_fraction=0.25"])
     seconds = max(12.0, 1.5 * frames * cfg.audio.hop / cfg.audio.sample_rate)

@@ -22,12 +22,12 @@ from typing import Any
 
 import yaml
 
-from configs.audio import AudioConfig
-from configs.finetune import FinetuneConfig
-from configs.ingest import IngestConfig
-from configs.loader import LoaderConfig
-from configs.model import ModelConfig
-from configs.train import TrainConfig
+from specbert.configs.audio import AudioConfig
+from specbert.configs.finetune import FinetuneConfig
+from specbert.configs.ingest import IngestConfig
+from specbert.configs.loader import LoaderConfig
+from specbert.configs.model import ModelConfig
+from specbert.configs.train import TrainConfig
 
 PRESET_DIR = Path(__file__).resolve().parent
 FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")  # numbers YAML 1.1 leaves as text

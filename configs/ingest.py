@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from pipeline.codecs import get_codec
+from specbert.pipeline.codecs import get_codec
 
 Stem = Literal["mixture", "vocals", "accompaniment", "drums", "bass", "other"]
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from torch import nn
 
-from configs import Config, load_config
-from configs.audio import AudioConfig
-from configs.model import ModelConfig
-from model.discriminator import Discriminator
-from model.unet import SpecUNet
+from specbert.configs import Config, load_config
+from specbert.configs.audio import AudioConfig
+from specbert.configs.model import ModelConfig
+from specbert.model.discriminator import Discriminator
+from specbert.model.unet import SpecUNet
 
 
 def resolve(config: str | Path | Config | ModelConfig) -> tuple[ModelConfig, AudioConfig]:

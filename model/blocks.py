@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from configs.model import ModelConfig
-from model.attention import Attention, TimeConv
+from specbert.configs.model import ModelConfig
+from specbert.model.attention import Attention, TimeConv
 
 
 def pad_to(x: Tensor, width: int) -> Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from model.precision import float32_region
+from specbert.model.precision import float32_region
 
 
 class Discriminator(nn.Module):

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from model.attention import Attention, RelativePosition, TimeConv
+from specbert.model.attention import Attention, RelativePosition, TimeConv
 
 
 def forward_flops(model: nn.Module, *inputs) -> int:

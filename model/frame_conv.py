@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.attention import plain_ops
+from specbert.model.attention import plain_ops
 
 NARROW = 8  # fewer input or output channels than this: matrix products instead of oneDNN
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from model.precision import float32_region
+from specbert.model.precision import float32_region
 
 
 class MaskHead(nn.Module):

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from configs.model import ModelConfig
-from model.blocks import EvolvedBlock
-from model.frame_conv import FrameConv
-from model.heads import MaskHead, NextSegmentHead
+from specbert.configs.model import ModelConfig
+from specbert.model.blocks import EvolvedBlock
+from specbert.model.frame_conv import FrameConv
+from specbert.model.heads import MaskHead, NextSegmentHead
 
 
 def memory_layout(x: Tensor) -> torch.memory_format:

@@ -25,7 +25,7 @@ import soundfile as sf
 import soxr
 from numpy.lib.stride_tricks import as_strided
 
-from configs.audio import AudioConfig
+from specbert.configs.audio import AudioConfig
 
 if TYPE_CHECKING:  # torch is imported where it is used: the ingest driver never needs it
     import torch

@@ -27,14 +27,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from configs import Config, ConfigError
-from pipeline.codecs import get_codec
-from pipeline.drives import Rotation
-from pipeline.manifest import Manifest, ManifestError, ManifestWriter
-from pipeline.scan import assign_split, scan_library
-from pipeline.shards import SHARD_NAME, remove_shard, shard_name
-from pipeline.stems import scan_stems
-from pipeline.tasks import ShardJob, identify_batch, one_line, write_shard
+from specbert.configs import Config, ConfigError
+from specbert.pipeline.codecs import get_codec
+from specbert.pipeline.drives import Rotation
+from specbert.pipeline.manifest import Manifest, ManifestError, ManifestWriter
+from specbert.pipeline.scan import assign_split, scan_library
+from specbert.pipeline.shards import SHARD_NAME, remove_shard, shard_name
+from specbert.pipeline.stems import scan_stems
+from specbert.pipeline.tasks import ShardJob, identify_batch, one_line, write_shard
 
 IDENTITY = ("id", "artist", "album", "title", "declared")  # what identify adds, reused on resume
 SETTINGS = ("keep_complex", "segment_frames")  # ingest settings that must not change within a dataset

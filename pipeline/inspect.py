@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.manifest import read_manifest
-from pipeline.shards import iter_shard, read_json_records, shard_bytes
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.shards import iter_shard, read_json_records, shard_bytes
 
 
 def _is_shard(path: Path) -> bool:

@@ -63,12 +63,12 @@ import numpy as np
 import torch
 import webdataset as wds
 
-from configs import Config, ConfigError, from_dict
-from configs.audio import AudioConfig
-from configs.loader import LoaderConfig
-from pipeline.manifest import read_manifest
-from pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
-from pipeline.stages import (
+from specbert.configs import Config, ConfigError, from_dict
+from specbert.configs.audio import AudioConfig
+from specbert.configs.loader import LoaderConfig
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
+from specbert.pipeline.stages import (
     SKIP_KINDS,
     BatchStream,
     Deferred,

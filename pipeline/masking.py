@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import torch
 
-from configs.loader import LoaderConfig
+from specbert.configs.loader import LoaderConfig
 
 WHITE, NOISE, KEEP = 1, 2, 3  # token kinds; 0 = not selected
 

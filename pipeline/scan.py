@@ -17,7 +17,7 @@ from pathlib import Path
 
 import mutagen
 
-from pipeline.audio import AUDIO_EXTS
+from specbert.pipeline.audio import AUDIO_EXTS
 
 HASH_CHUNK = 1 << 20
 

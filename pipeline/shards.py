@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from numcodecs import blosc
 
-from pipeline.codecs import Codec, crc32c, get_codec, zarr_compressors
+from specbert.pipeline.codecs import Codec, crc32c, get_codec, zarr_compressors
 
 ZARR_CHUNK_FRAMES = 1024  # one training crop touches <= 2 chunks; reads 18 % less CPU than 256
 # bytes tarfile copies per write: a whole member (in memory already) in one write; tarfile's default

@@ -38,7 +38,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
-from pipeline.shards import decode_sample, iter_zarr_shard
+from specbert.pipeline.shards import decode_sample, iter_zarr_shard
 
 SKIP_KINDS = ("bad_shards", "bad_samples", "short_segments")
 MAX_EMPTY_SHARDS = 100  # consecutive shards without one readable sample: give up (all shards broken)

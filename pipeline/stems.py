@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from configs import Config
-from pipeline.audio import AUDIO_EXTS, AudioError, read_audio
-from pipeline.scan import content_hash
-from pipeline.tracks import Track, stored_array
+from specbert.configs import Config
+from specbert.pipeline.audio import AUDIO_EXTS, AudioError, read_audio
+from specbert.pipeline.scan import content_hash
+from specbert.pipeline.tracks import Track, stored_array
 
 STEM_NAMES = ("mixture", "vocals", "drums", "bass", "other", "accompaniment")
 MAX_LENGTH_MISMATCH = 1.0  # seconds

@@ -35,13 +35,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configs import Config, ConfigError, from_dict
-from configs.audio import AudioConfig
-from configs.finetune import FinetuneConfig
-from pipeline.loader import Loader, build_loader
-from pipeline.manifest import read_manifest
-from pipeline.shards import to_complex
-from pipeline.stages import BatchStream, Seeds, Skips, crop_start, each, interleaved, long_enough, normalise
+from specbert.configs import Config, ConfigError, from_dict
+from specbert.configs.audio import AudioConfig
+from specbert.configs.finetune import FinetuneConfig
+from specbert.pipeline.loader import Loader, build_loader
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.shards import to_complex
+from specbert.pipeline.stages import (
+    BatchStream,
+    Seeds,
+    Skips,
+    crop_start,
+    each,
+    interleaved,
+    long_enough,
+    normalise,
+)
 
 
 def stems_pair(stems: dict[str, np.ndarray], bins: int, start: int,

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from configs import Config
-from pipeline import scan, stems
-from pipeline.audio import AudioError
-from pipeline.codecs import get_codec
-from pipeline.drives import has_room, is_disk_full
-from pipeline.shards import open_shard
-from pipeline.tracks import TrackSkipped, spectrogram_track, track_samples
+from specbert.configs import Config
+from specbert.pipeline import scan, stems
+from specbert.pipeline.audio import AudioError
+from specbert.pipeline.codecs import get_codec
+from specbert.pipeline.drives import has_room, is_disk_full
+from specbert.pipeline.shards import open_shard
+from specbert.pipeline.tracks import TrackSkipped, spectrogram_track, track_samples
 
 IDENTIFY = {"spectrogram": scan.identify, "stems": stems.identify}
 LOAD = {"spectrogram": spectrogram_track, "stems": stems.stems_track}

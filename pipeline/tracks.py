@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from configs import Config
-from configs.audio import AudioConfig
-from pipeline.audio import AudioError, num_frames, read_audio, stft_blocks
-from pipeline.codecs import CHECKSUM
-from pipeline.shards import sample_key
+from specbert.configs import Config
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.audio import AudioError, num_frames, read_audio, stft_blocks
+from specbert.pipeline.codecs import CHECKSUM
+from specbert.pipeline.shards import sample_key
 
 FLOAT16_SAFE = 60000.0  # magnitudes above this overflow float16 (audio far above full scale)
 

@@ -7,8 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from configs.audio import AudioConfig
-from pipeline.audio import AudioError, istft, num_frames, read_audio, stft, to_channels
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.audio import AudioError, istft, num_frames, read_audio, stft, to_channels
 
 AUDIO = AudioConfig()
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli import main
+from specbert.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPECBERT = Path(sys.executable).with_name("specbert")
@@ -52,8 +52,8 @@ def test_show_config_reflects_overrides():
 def test_model_info_prints_the_parameter_count_and_flops():
     import torch
 
-    from model import build_model, count_parameters
-    from model.flops import forward_flops
+    from specbert.model import build_model, count_parameters
+    from specbert.model.flops import forward_flops
 
     out = run(str(SPECBERT), "model-info", "--config", "tiny", "--frames", "64")
     assert out.returncode == 0, out.stderr

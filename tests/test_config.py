@@ -2,7 +2,7 @@
 
 import pytest
 
-from configs import Config, ConfigError, load_config, preset_names, read_yaml
+from specbert.configs import Config, ConfigError, load_config, preset_names, read_yaml
 
 
 def test_defaults_follow_the_reference_design():
@@ -78,6 +78,6 @@ def test_bad_yaml_and_missing_file(tmp_path):
 
 def test_to_dict_round_trips():
     cfg = load_config("tiny", ["loader.mask_rate=0.2"])
-    from configs import from_dict
+    from specbert.configs import from_dict
 
     assert from_dict(Config, cfg.to_dict()) == cfg

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.example_library import render_song, write_example_library, write_example_stems
+from specbert.pipeline.example_library import render_song, write_example_library, write_example_stems
 
 SR = 44100
 SECONDS = 3.0

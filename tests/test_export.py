@@ -11,13 +11,13 @@ from click.testing import CliRunner
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cli import main
-from configs import Config
-from configs.audio import AudioConfig
-from configs.model import ModelConfig
-from model import build_model
-from train.checkpoint import save_checkpoint
-from train.export import (
+from specbert.cli import main
+from specbert.configs import Config
+from specbert.configs.audio import AudioConfig
+from specbert.configs.model import ModelConfig
+from specbert.model import build_model
+from specbert.train.checkpoint import save_checkpoint
+from specbert.train.export import (
     FORMAT,
     FORMAT_VERSION,
     ExportError,

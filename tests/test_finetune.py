@@ -14,18 +14,18 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from cli import main
-from configs import Config, load_config
-from configs.finetune import FinetuneConfig
-from model import build_model
-from pipeline.example_library import write_example_stems
-from pipeline.ingest import ingest_stems
-from pipeline.manifest import read_manifest
-from pipeline.shards import iter_shard
-from pipeline.stages import normalise
-from pipeline.stems_loader import build_stems_loader, crop_stems, remix, stems_pair
-from train.export import save_model_file
-from train.finetune import load_init
+from specbert.cli import main
+from specbert.configs import Config, load_config
+from specbert.configs.finetune import FinetuneConfig
+from specbert.model import build_model
+from specbert.pipeline.example_library import write_example_stems
+from specbert.pipeline.ingest import ingest_stems
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.shards import iter_shard
+from specbert.pipeline.stages import normalise
+from specbert.pipeline.stems_loader import build_stems_loader, crop_stems, remix, stems_pair
+from specbert.train.export import save_model_file
+from specbert.train.finetune import load_init
 
 ROOT = Path(__file__).resolve().parents[1]
 # Six example tracks: four train (one of them instrumental), one validation (ingest.val_fraction=0.1 holds

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from configs import load_config
-from pipeline import drives
-from pipeline.audio import read_audio, stft
-from pipeline.example_library import write_example_library, write_example_stems
-from pipeline.ingest import ingest_library, ingest_stems
-from pipeline.manifest import read_manifest
-from pipeline.scan import identify, scan_library
-from pipeline.shards import TarShard, decode_sample, iter_shard, iter_tar_shard, to_complex
-from pipeline.tasks import ShardJob, write_shard
+from specbert.configs import load_config
+from specbert.pipeline import drives
+from specbert.pipeline.audio import read_audio, stft
+from specbert.pipeline.example_library import write_example_library, write_example_stems
+from specbert.pipeline.ingest import ingest_library, ingest_stems
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.scan import identify, scan_library
+from specbert.pipeline.shards import TarShard, decode_sample, iter_shard, iter_tar_shard, to_complex
+from specbert.pipeline.tasks import ShardJob, write_shard
 
 SETTINGS = ["loader.crop_frames=64", "ingest.segment_frames=96", "ingest.reserve_bytes=0"]
 
@@ -243,7 +243,7 @@ def test_paired_folders_derive_vocals_and_report_unmatched_files(cluster, tmp_pa
 
 CRASH_PRELOAD = '''
 import os
-from pipeline import tasks
+from specbert.pipeline import tasks
 
 real_load = tasks.LOAD.get("real", tasks.LOAD["spectrogram"])  # this may run twice in a worker
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import read_audio
-from pipeline.example_library import render_song, write_example_library
-from pipeline.manifest import read_manifest
-from pipeline.shards import iter_shard
+from specbert.pipeline.audio import read_audio
+from specbert.pipeline.example_library import render_song, write_example_library
+from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.shards import iter_shard
 
 SPECBERT = str(Path(sys.executable).with_name("specbert"))
 SETTINGS = ["--config", "tiny", "--set", "loader.crop_frames=64", "--set", "ingest.segment_frames=96",

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from configs.audio import AudioConfig
-from pipeline.codecs import get_codec
-from pipeline.tracks import stored_array
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.codecs import get_codec
+from specbert.pipeline.tracks import stored_array
 
 
 def music_like(seconds=3.0, seed=0):
@@ -98,7 +98,7 @@ def test_unknown_codec_names_the_valid_ones():
 
 def zarr_shard(tmp_path, arrays: dict[str, np.ndarray]):
     """A zarr shard as the ingest writes it, one sample of ``arrays`` -> (its path, the sample folder)."""
-    from pipeline.shards import ZarrShard
+    from specbert.pipeline.shards import ZarrShard
 
     writer = ZarrShard(tmp_path / "s.zarr", get_codec("f16r6"))
     writer.write("k_0000", {"max_magnitude": 4.0, "members": list(arrays)}, arrays)
@@ -113,7 +113,7 @@ def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape, zero
     """Partial chunks, a chunk of zeros (not stored), an array of zeros (no shard file), 4-D stems."""
     import zarr
 
-    from pipeline.shards import iter_zarr_shard, read_zarr_array
+    from specbert.pipeline.shards import iter_zarr_shard, read_zarr_array
 
     values = (np.random.default_rng(0).random(shape) * 4).astype(np.float16)
     values[:, :zeros] = 0
@@ -126,7 +126,7 @@ def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape, zero
 
 
 def test_a_corrupt_zarr_chunk_or_index_raises_naming_the_file(tmp_path):
-    from pipeline.shards import read_zarr_array
+    from specbert.pipeline.shards import read_zarr_array
 
     _, sample = zarr_shard(tmp_path, {"spec": np.ones((2, 1500, 1025), np.float16)})
     file = sample / "spec" / "c" / "0" / "0" / "0"
@@ -145,7 +145,7 @@ def test_a_corrupt_zarr_chunk_or_index_raises_naming_the_file(tmp_path):
 def test_a_zarr_array_in_another_layout_is_read_by_zarr(tmp_path):
     import zarr
 
-    from pipeline.shards import read_zarr_array
+    from specbert.pipeline.shards import read_zarr_array
 
     values = np.arange(2 * 300 * 7, dtype=np.float16).reshape(2, 300, 7)
     zarr.create_array(str(tmp_path / "plain"), data=values, chunks=(1, 100, 7))  # no sharding, zstd

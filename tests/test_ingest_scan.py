@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import soundfile as sf
 
-from pipeline.scan import assign_split, identify, scan_library
+from specbert.pipeline.scan import assign_split, identify, scan_library
 
 
 def write(path, seconds=0.5, seed=0, **tags):

@@ -20,12 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from configs import ConfigError, load_config
-from pipeline.codecs import get_codec
-from pipeline.loader import build_pretrain_loader
-from pipeline.manifest import ManifestWriter, read_manifest
-from pipeline.shards import ZarrShard, decode_sample, iter_shard, iter_tar_shard
-from pipeline.stages import normalise
+from specbert.configs import ConfigError, load_config
+from specbert.pipeline.codecs import get_codec
+from specbert.pipeline.loader import build_pretrain_loader
+from specbert.pipeline.manifest import ManifestWriter, read_manifest
+from specbert.pipeline.shards import ZarrShard, decode_sample, iter_shard, iter_tar_shard
+from specbert.pipeline.stages import normalise
 
 CROP, TOKEN, BINS = 128, 8, 1024
 INGEST = [  # one track per shard; half the artists (1 of 3 here) held out for validation
@@ -45,8 +45,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 @pytest.fixture(scope="session")
 def tar_manifest(tmp_path_factory) -> Path:
-    from pipeline.example_library import write_example_library  # not imported by the DDP processes
-    from pipeline.ingest import ingest_library
+    from specbert.pipeline.example_library import write_example_library  # not imported by the DDP processes
+    from specbert.pipeline.ingest import ingest_library
 
     root = tmp_path_factory.mktemp("loader")
     write_example_library(root / "library", seed=0, artists=3, albums_per_artist=2, songs_per_album=2,

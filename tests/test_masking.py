@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from configs import ConfigError
-from configs.loader import LoaderConfig
-from pipeline.loader import clip_to_peak, crop_halves, loader_config
-from pipeline.masking import (
+from specbert.configs import ConfigError
+from specbert.configs.loader import LoaderConfig
+from specbert.pipeline.loader import clip_to_peak, crop_halves, loader_config
+from specbert.pipeline.masking import (
     KEEP,
     NOISE,
     WHITE,

@@ -8,11 +8,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from configs import ConfigError, load_config
-from model import build_discriminator, build_model, describe
-from model.attention import Attention, TimeConv, skew
-from model.frame_conv import FrameConv
-from model.unet import FrameTransformer, blend_upsample
+from specbert.configs import ConfigError, load_config
+from specbert.model import build_discriminator, build_model, describe
+from specbert.model.attention import Attention, TimeConv, skew
+from specbert.model.frame_conv import FrameConv
+from specbert.model.unet import FrameTransformer, blend_upsample
 
 STATED_SIZES = {"tiny": 1.8e6, "base": 50e6, "large": 200e6, "flat": 50e6}  # as the presets' comments say
 

@@ -12,17 +12,17 @@ import soundfile as sf
 import torch
 from click.testing import CliRunner
 
-from cli import main
-from configs import Config
-from configs.audio import AudioConfig
-from configs.model import ModelConfig
-from model import build_model
-from pipeline.audio import decode, istft, resample, stft, to_channels
-from pipeline.example_library import render_song
-from train.checkpoint import save_checkpoint
-from train.export import save_model_file
-from train.separate import ChunkedMasker, Separator
-from train.streaming import StreamingISTFT, StreamingSTFT
+from specbert.cli import main
+from specbert.configs import Config
+from specbert.configs.audio import AudioConfig
+from specbert.configs.model import ModelConfig
+from specbert.model import build_model
+from specbert.pipeline.audio import decode, istft, resample, stft, to_channels
+from specbert.pipeline.example_library import render_song
+from specbert.train.checkpoint import save_checkpoint
+from specbert.train.export import save_model_file
+from specbert.train.separate import ChunkedMasker, Separator
+from specbert.train.streaming import StreamingISTFT, StreamingSTFT
 
 AUDIO = AudioConfig()
 # Frame convolutions only: frames never mix, so the output cannot depend on the chunking at all.
@@ -175,7 +175,7 @@ def test_export_then_separate_from_the_command_line(song, tmp_path):
 # VmHWM: the probe's own peak (ru_maxrss would keep pytest's resident set at the fork, hiding growth).
 MEMORY_PROBE = textwrap.dedent("""
     import sys
-    from train.separate import Separator
+    from specbert.train.separate import Separator
     Separator(sys.argv[1]).separate_file(sys.argv[2], sys.argv[3])
     print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """)

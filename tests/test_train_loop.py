@@ -13,11 +13,11 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-from configs import load_config
-from train.checkpoint import list_checkpoints
-from train.distributed import Dist
-from train.pretrain import PretrainTask, SyntheticData
-from train.trainer import BatchStream, Trainer
+from specbert.configs import load_config
+from specbert.train.checkpoint import list_checkpoints
+from specbert.train.distributed import Dist
+from specbert.train.pretrain import PretrainTask, SyntheticData
+from specbert.train.trainer import BatchStream, Trainer
 
 MICRO = ["model.channels=[4,8]", "model.encoder_blocks=[0,1]", "model.decoder_blocks=[0]",
          "model.num_heads=4", "model.expansion=1", "model.dropout=0.1", "model.max_distance=64",
@@ -130,7 +130,7 @@ def _ddp_rank(rank: int, world: int, port: int, tmp: str):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from train.distributed import close_distributed, init_distributed
+    from specbert.train.distributed import close_distributed, init_distributed
 
     cfg = micro_config("train.steps=2", "train.grad_accum=2", "train.adv_weight=0.5")
     data = SyntheticData(cfg, 2, seed=rank)  # every rank sees other batches

@@ -17,10 +17,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from cli import main
-from configs import load_config
-from pipeline.example_library import write_example_library
-from pipeline.ingest import ingest_library
+from specbert.cli import main
+from specbert.configs import load_config
+from specbert.pipeline.example_library import write_example_library
+from specbert.pipeline.ingest import ingest_library
 
 # The tiny model on short crops and small batches, to keep CPU steps short.
 SMALL = ["loader.crop_frames=32", "loader.token_frames=8", "loader.shuffle_buffer=8", "train.batch_size=2",
@@ -80,8 +80,9 @@ def test_pretraining_reaches_the_trivial_baselines_and_the_run_dir_shows_it(mani
 
 def spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env, cwd=Path(__file__).parents[1],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "specbert.cli", *args], env=env,
+                            cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def test_a_run_stopped_by_sigterm_resumes_to_the_same_state(manifest, tmp_path):

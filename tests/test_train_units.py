@@ -9,19 +9,19 @@ import pytest
 import torch
 from torch import nn
 
-from configs import ConfigError, load_config
-from configs.train import TrainConfig
-from train.checkpoint import (
+from specbert.configs import ConfigError, load_config
+from specbert.configs.train import TrainConfig
+from specbert.train.checkpoint import (
     CheckpointError,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
-from train.losses import cut_tokens, discriminator_loss, frozen_call, generator_adv_loss, region_l1
-from train.optim import build_optimizer, lr_factor
-from train.pretrain import neighbour_mean
-from train.rng import rng_state, seed_all, set_rng_state
+from specbert.train.losses import cut_tokens, discriminator_loss, frozen_call, generator_adv_loss, region_l1
+from specbert.train.optim import build_optimizer, lr_factor
+from specbert.train.pretrain import neighbour_mean
+from specbert.train.rng import rng_state, seed_all, set_rng_state
 
 
 def test_region_l1_weights_masked_and_unmasked_frames_separately():

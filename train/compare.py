@@ -15,8 +15,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from configs import Config
-from train.finetune import VAL_METRICS, finetune, validation_history
+from specbert.configs import Config
+from specbert.train.finetune import VAL_METRICS, finetune, validation_history
 
 ARMS = ("pretrained", "scratch")
 

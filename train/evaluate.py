@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from configs.audio import AudioConfig
-from pipeline.audio import istft, read_audio, stft
-from train.separate import STEMS, Separator
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.audio import istft, read_audio, stft
+from specbert.train.separate import STEMS, Separator
 
 METHODS = {
     "model": "model",

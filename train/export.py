@@ -29,10 +29,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from configs import Config, ConfigError, from_dict, merge
-from configs.audio import AudioConfig
-from model import build_model
-from train.checkpoint import default_permissions, latest_checkpoint
+from specbert.configs import Config, ConfigError, from_dict, merge
+from specbert.configs.audio import AudioConfig
+from specbert.model import build_model
+from specbert.train.checkpoint import default_permissions, latest_checkpoint
 
 FORMAT = "specbert-separator"
 FORMAT_VERSION = 1

@@ -29,18 +29,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from configs import Config
-from model import build_model
-from pipeline.audio import istft
-from train.checkpoint import latest_checkpoint
-from train.distributed import unwrap
-from train.evaluate import usdr
-from train.export import ExportError, find_checkpoint
-from train.losses import frozen_call, l1
-from train.pretrain import db_image
-from train.rng import derive_seed
-from train.separate import ChunkedMasker, apply_mask, model_input
-from train.trainer import launch
+from specbert.configs import Config
+from specbert.model import build_model
+from specbert.pipeline.audio import istft
+from specbert.train.checkpoint import latest_checkpoint
+from specbert.train.distributed import unwrap
+from specbert.train.evaluate import usdr
+from specbert.train.export import ExportError, find_checkpoint
+from specbert.train.losses import frozen_call, l1
+from specbert.train.pretrain import db_image
+from specbert.train.rng import derive_seed
+from specbert.train.separate import ChunkedMasker, apply_mask, model_input
+from specbert.train.trainer import launch
 
 Batch = dict[str, Tensor]
 ENCODER = "encoders."  # parameter names of the encoder levels
@@ -119,7 +119,7 @@ class FinetuneTask:
         self._loader = None
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
-        from pipeline.stems_loader import build_stems_loader
+        from specbert.pipeline.stems_loader import build_stems_loader
 
         self._skipped.update(self.stats())
         tc = self.cfg.train
@@ -128,7 +128,7 @@ class FinetuneTask:
         return self._loader
 
     def val_batches(self) -> Iterable[Batch]:
-        from pipeline.stems_loader import build_segments_loader
+        from specbert.pipeline.stems_loader import build_segments_loader
 
         tc = self.cfg.train
         return build_segments_loader(self.manifest, self.cfg, self.ft.val_split, min(tc.num_workers, 1),

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from configs.train import TrainConfig
+from specbert.configs.train import TrainConfig
 
 
 def build_optimizer(model: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float):

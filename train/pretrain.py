@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from configs import Config
-from model import build_discriminator, build_model
-from train.distributed import unwrap
-from train.losses import (
+from specbert.configs import Config
+from specbert.model import build_discriminator, build_model
+from specbert.train.distributed import unwrap
+from specbert.train.losses import (
     cut_tokens,
     discriminator_loss,
     frozen_call,
@@ -39,7 +39,7 @@ from train.losses import (
     next_segment_bce,
     region_l1,
 )
-from train.rng import derive_seed
+from specbert.train.rng import derive_seed
 
 Batch = dict[str, Tensor]
 VAL_SPLIT = "validation"  # the held-out split of the ingest (pipeline.scan.assign_split)
@@ -70,7 +70,7 @@ class ManifestData:
         self._current = None
 
     def _loader(self, split: str, seed: int):
-        from pipeline.loader import build_pretrain_loader
+        from specbert.pipeline.loader import build_pretrain_loader
 
         tc = self.cfg.train
         pairs = self.cfg.loader.next_segment and tc.next_weight > 0

@@ -32,11 +32,19 @@ import soundfile as sf
 import torch
 from tqdm.auto import tqdm
 
-from configs.audio import AudioConfig
-from pipeline.audio import AUDIO_EXTS, AudioError, model_view, to_channels
-from pipeline.stages import normalise
-from train.export import load_model
-from train.streaming import BLOCK, Resampler, Source, StreamingISTFT, StreamingSTFT, array_source, file_source
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.audio import AUDIO_EXTS, AudioError, model_view, to_channels
+from specbert.pipeline.stages import normalise
+from specbert.train.export import load_model
+from specbert.train.streaming import (
+    BLOCK,
+    Resampler,
+    Source,
+    StreamingISTFT,
+    StreamingSTFT,
+    array_source,
+    file_source,
+)
 
 STEMS = ("instrumental", "vocals")
 FORMATS = {"wav": "WAV", "flac": "FLAC"}

@@ -23,8 +23,8 @@ import scipy.signal
 import soundfile as sf
 import soxr
 
-from configs.audio import AudioConfig
-from pipeline.audio import SOUNDFILE_EXTS, AudioError, ffmpeg_command, ffprobe_stream, stft
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.audio import SOUNDFILE_EXTS, AudioError, ffmpeg_command, ffprobe_stream, stft
 
 BLOCK = 1 << 18  # samples read at once (6 s at 44.1 kHz)
 

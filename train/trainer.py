@@ -25,9 +25,9 @@ import torch
 import yaml
 from torch import Tensor, nn
 
-from configs import Config
-from train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from train.distributed import (
+from specbert.configs import Config
+from specbert.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from specbert.train.distributed import (
     Dist,
     all_true,
     any_true,
@@ -40,9 +40,9 @@ from train.distributed import (
     unwrap,
     wrap_ddp,
 )
-from train.logging import RunLogger, Throughput
-from train.optim import build_optimizer, build_scheduler
-from train.rng import derive_seed, rng_state, seed_all, seeded, set_rng_state
+from specbert.train.logging import RunLogger, Throughput
+from specbert.train.optim import build_optimizer, build_scheduler
+from specbert.train.rng import derive_seed, rng_state, seed_all, seeded, set_rng_state
 
 Batch = dict[str, Tensor]
 

@@ -7,6 +7,6 @@
     sep.separate_file("song.flac", "out/")                 # out/song_instrumental.wav, out/song_vocals.wav
 """
 
-from train.separate import Separator
+from specbert.train.separate import Separator
 
 __all__ = ["Separator"]

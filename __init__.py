@@ -7,6 +7,6 @@
     sep.separate_file("song.flac", "out/")                 # out/song_instrumental.wav, out/song_vocals.wav
 """
 
-from specbert.train.separate import Separator
+from specbert.inference.separate import Separator
 
 __all__ = ["Separator"]

@@ -148,8 +148,8 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
     batch size, checkpoints and logging are the train section's.  Several GPUs:
     torchrun --nproc_per_node N $(which specbert) finetune ...   Exit codes as for pretrain.
     """
+    from specbert.inference.export import ExportError
     from specbert.train.checkpoint import CheckpointError
-    from specbert.train.export import ExportError
     from specbert.train.finetune import finetune as run
 
     if steps is not None:
@@ -179,9 +179,9 @@ def compare(manifest, init, run_dir, steps, device, cfg):
 
     Run it again to continue both arms (they resume from their checkpoints).
     """
+    from specbert.inference.export import ExportError
     from specbert.train.checkpoint import CheckpointError
     from specbert.train.compare import compare as run
-    from specbert.train.export import ExportError
 
     if steps is not None:
         cfg.finetune.steps = steps
@@ -310,13 +310,8 @@ def export(checkpoint, out, onnx, torchscript, cfg):
     STFT, the sample rate, the format version and a hash; loading it runs no pickle.  --config and --set
     are merged over the checkpoint's config.
     """
-    from specbert.train.export import (
-        ExportError,
-        export_checkpoint,
-        export_onnx,
-        export_torchscript,
-        load_model,
-    )
+    from specbert.inference.export import ExportError, export_onnx, export_torchscript, load_model
+    from specbert.train.checkpoint import export_checkpoint
 
     try:
         path = export_checkpoint(checkpoint, out, stored_config_overrides())
@@ -356,8 +351,8 @@ def _separator(model_path, device, **options):
     """The ``Separator`` of the CLI options; --config/--set merged over the model's stored config."""
     import torch
 
-    from specbert.train.export import ExportError
-    from specbert.train.separate import Separator
+    from specbert.inference.export import ExportError
+    from specbert.inference.separate import Separator
 
     if device == "auto":
         mps = torch.backends.mps.is_available()
@@ -421,8 +416,8 @@ def evaluate(model_path, dataset, split, out_dir, use_museval, png, cfg, **optio
     ratio mask with the mixture's phase): uSDR (whole-track, mean over tracks) and museval SDR (BSSEval
     v4, median over 1 s windows, median over tracks), for instrumental and vocals.
     """
-    from specbert.train.evaluate import evaluate as run
-    from specbert.train.evaluate import markdown, write_report
+    from specbert.inference.evaluate import evaluate as run
+    from specbert.inference.evaluate import markdown, write_report
 
     separator = _separator(model_path, **options)
     try:

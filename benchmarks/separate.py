@@ -25,17 +25,17 @@ import soundfile as sf
 import torch
 
 from specbert.configs import load_config
+from specbert.inference.export import save_model_file
+from specbert.inference.separate import Separator
 from specbert.model import build_model
 from specbert.pipeline.example_library import render_song
-from specbert.train.export import save_model_file
-from specbert.train.separate import Separator
 
 RATE = 44100
 # VmHWM, the peak resident set of this process's memory map: ru_maxrss would also count the parent's
 # resident set at the fork (Linux keeps the larger across exec), e.g. the base model of the speed test.
 PROBE = """
 import sys, torch
-from specbert.train.separate import Separator
+from specbert.inference.separate import Separator
 torch.set_num_threads(int(sys.argv[5]))
 Separator(sys.argv[1], device=sys.argv[4]).separate_file(sys.argv[2], sys.argv[3])
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))

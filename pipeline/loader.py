@@ -68,6 +68,7 @@ from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
+from specbert.pipeline.spectral import peak_scale
 from specbert.pipeline.stages import (
     SKIP_KINDS,
     BatchStream,
@@ -78,7 +79,6 @@ from specbert.pipeline.stages import (
     each,
     interleaved,
     long_enough,
-    peak_scale,
 )
 
 

@@ -203,20 +203,6 @@ def crop_start(length: int, frames: int, rng: np.random.Generator) -> int:
     return int(rng.integers(length - frames + 1))
 
 
-def normalise(magnitude: torch.Tensor, peak: float, dtype: torch.dtype = torch.float16,
-              out: torch.Tensor | None = None) -> torch.Tensor:
-    """``clip(magnitude / peak, 0, 1)`` as a new ``dtype`` tensor of the same shape and memory order
-    (or into ``out``): the model's input in training (float16 batches) and in separation (float32)."""
-    out = torch.empty_like(magnitude, dtype=dtype) if out is None else out
-    torch.mul(magnitude, peak_scale(peak), out=out)
-    return out.clamp_(0.0, 1.0)
-
-
-def peak_scale(peak: float) -> float:
-    """The factor that normalises magnitudes by a track's ``peak`` (a silent track's peak is 0)."""
-    return 1.0 / max(float(peak), 1e-12)
-
-
 @dataclass(frozen=True)
 class Deferred:
     """Big tensors of a sample that are computed straight into its row of the batch at collate time,

@@ -41,6 +41,7 @@ from specbert.configs.finetune import FinetuneConfig
 from specbert.pipeline.loader import Loader, build_loader
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.shards import to_complex
+from specbert.pipeline.spectral import normalise
 from specbert.pipeline.stages import (
     BatchStream,
     Seeds,
@@ -49,7 +50,6 @@ from specbert.pipeline.stages import (
     each,
     interleaved,
     long_enough,
-    normalise,
 )
 
 

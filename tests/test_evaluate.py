@@ -10,12 +10,12 @@ from click.testing import CliRunner
 from specbert.cli import main
 from specbert.configs import Config
 from specbert.configs.model import ModelConfig
+from specbert.inference.evaluate import museval_sdr, usdr
+from specbert.inference.export import save_model_file
+from specbert.inference.separate import Separator
 from specbert.model import build_model
 from specbert.pipeline.audio import read_audio
 from specbert.pipeline.example_library import render_song, write_example_stems
-from specbert.train.evaluate import museval_sdr, usdr
-from specbert.train.export import save_model_file
-from specbert.train.separate import Separator
 
 
 def with_noise(signal: np.ndarray, snr_db: float, seed: int) -> np.ndarray:

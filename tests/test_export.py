@@ -15,9 +15,7 @@ from specbert.cli import main
 from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
 from specbert.configs.model import ModelConfig
-from specbert.model import build_model
-from specbert.train.checkpoint import save_checkpoint
-from specbert.train.export import (
+from specbert.inference.export import (
     FORMAT,
     FORMAT_VERSION,
     ExportError,
@@ -27,6 +25,8 @@ from specbert.train.export import (
     read_header,
     save_model_file,
 )
+from specbert.model import build_model
+from specbert.train.checkpoint import save_checkpoint
 
 # Attention only at the 128-bin level: the small model keeps relative attention but stays fast.
 SMALL = ModelConfig(channels=(2, 4, 4, 4), encoder_blocks=(0, 0, 0, 1), decoder_blocks=(0, 0, 1), num_heads=4,

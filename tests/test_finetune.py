@@ -17,14 +17,14 @@ from safetensors.torch import load_file
 from specbert.cli import main
 from specbert.configs import Config, load_config
 from specbert.configs.finetune import FinetuneConfig
+from specbert.inference.export import save_model_file
 from specbert.model import build_model
 from specbert.pipeline.example_library import write_example_stems
 from specbert.pipeline.ingest import ingest_stems
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.shards import iter_shard
-from specbert.pipeline.stages import normalise
+from specbert.pipeline.spectral import normalise
 from specbert.pipeline.stems_loader import build_stems_loader, crop_stems, remix, stems_pair
-from specbert.train.export import save_model_file
 from specbert.train.finetune import load_init
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +228,8 @@ def test_compare_runs_both_arms_and_reports(manifest, init_file, tmp_path):
 
 
 def test_the_python_api_is_importable_from_anywhere(tmp_path):
-    code = "import specbert, train.separate; assert specbert.Separator is train.separate.Separator"
+    code = ("import specbert, specbert.inference.separate as s; "
+            "assert specbert.Separator is s.Separator")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
 

@@ -25,7 +25,7 @@ from specbert.pipeline.codecs import get_codec
 from specbert.pipeline.loader import build_pretrain_loader
 from specbert.pipeline.manifest import ManifestWriter, read_manifest
 from specbert.pipeline.shards import ZarrShard, decode_sample, iter_shard, iter_tar_shard
-from specbert.pipeline.stages import normalise
+from specbert.pipeline.spectral import normalise
 
 CROP, TOKEN, BINS = 128, 8, 1024
 INGEST = [  # one track per shard; half the artists (1 of 3 here) held out for validation

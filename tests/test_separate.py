@@ -16,13 +16,13 @@ from specbert.cli import main
 from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
 from specbert.configs.model import ModelConfig
+from specbert.inference.export import save_model_file
+from specbert.inference.separate import ChunkedMasker, Separator
+from specbert.inference.streaming import StreamingISTFT, StreamingSTFT
 from specbert.model import build_model
 from specbert.pipeline.audio import decode, istft, resample, stft, to_channels
 from specbert.pipeline.example_library import render_song
 from specbert.train.checkpoint import save_checkpoint
-from specbert.train.export import save_model_file
-from specbert.train.separate import ChunkedMasker, Separator
-from specbert.train.streaming import StreamingISTFT, StreamingSTFT
 
 AUDIO = AudioConfig()
 # Frame convolutions only: frames never mix, so the output cannot depend on the chunking at all.
@@ -175,7 +175,7 @@ def test_export_then_separate_from_the_command_line(song, tmp_path):
 # VmHWM: the probe's own peak (ru_maxrss would keep pytest's resident set at the fork, hiding growth).
 MEMORY_PROBE = textwrap.dedent("""
     import sys
-    from specbert.train.separate import Separator
+    from specbert.inference.separate import Separator
     Separator(sys.argv[1]).separate_file(sys.argv[2], sys.argv[3])
     print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """)
@@ -196,3 +196,22 @@ def test_peak_memory_does_not_grow_with_the_length(tmp_path):
         peaks[seconds] = int(out.stdout.split()[-1]) / 1024  # MB (VmHWM is in kB)
     # Holding the 3-minute file whole would take 64 MB for the samples and 127 MB for the spectrogram.
     assert peaks[180] - peaks[30] < 40, peaks
+
+
+# The Python API loads what separation needs, never the loaders', the ingest's or the trainer's libraries.
+IMPORT_PROBE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import specbert
+    specbert.Separator(sys.argv[1]).separate(np.zeros((2, 22050), np.float32), 44100)
+    heavy = ("webdataset", "dask", "distributed", "tensorboard", "torch.utils.tensorboard")
+    print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m.startswith(heavy)))
+""")
+
+
+def test_the_separator_loads_none_of_the_training_libraries(models, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, str(models["local"])], capture_output=True,
+                         text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "[]", out.stdout

@@ -12,7 +12,8 @@ Layout under a run directory::
       latest                   name of the newest complete checkpoint
 
 A checkpoint is written to a ``.tmp-*`` folder and renamed into place, then ``latest`` is replaced
-(temp file + rename); only the ``keep_last`` newest are kept.
+(temp file + rename); only the ``keep_last`` newest are kept.  ``export_checkpoint`` turns one into a
+separation model file (``inference.export``).
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
+
+from specbert.configs import merge
+from specbert.inference.export import (
+    ExportError,
+    build_with,
+    config_from,
+    default_permissions,
+    save_model_file,
+)
 
 _NAME = re.compile(r"^step_(\d+)$")
 
@@ -104,11 +114,30 @@ def load_state(file: Path) -> dict:
         raise CheckpointError(f"{file}: unreadable ({str(err).splitlines()[0]})") from None
 
 
-def default_permissions(path: Path) -> None:
-    """Give a file safetensors wrote (always mode 0600) the mode a new file gets under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder (``step_*``), or the latest one under a run or ``checkpoints`` folder."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    for root in (path / "checkpoints", path):
+        found = latest_checkpoint(root)
+        if found is not None:
+            return found
+    raise ExportError(f"{path}: no checkpoint (expected step_*/model.safetensors, or a run folder)")
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: dict | None = None) -> Path:
+    """Export a training checkpoint (or a run folder's latest one) as a model file at ``out``.
+
+    The checkpoint's ``meta.json`` config is used, with ``overrides`` merged over it.
+    """
+    folder = find_checkpoint(checkpoint)
+    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
+    if "config" not in meta and not overrides:
+        raise ExportError(f"{folder}: meta.json has no config; give one with --config")
+    config = config_from(merge(meta.get("config", {}), overrides or {}), folder)
+    tensors = load_file(str(folder / "model.safetensors"))
+    return save_model_file(build_with(config, tensors, folder), config, out)
 
 
 def _write_atomic(path: Path, text: str) -> None:

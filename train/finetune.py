@@ -30,16 +30,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from specbert.configs import Config
+from specbert.inference.evaluate import usdr
+from specbert.inference.export import ExportError
+from specbert.inference.separate import ChunkedMasker, apply_mask, model_input
 from specbert.model import build_model
 from specbert.pipeline.audio import istft
-from specbert.train.checkpoint import latest_checkpoint
+from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
 from specbert.train.distributed import unwrap
-from specbert.train.evaluate import usdr
-from specbert.train.export import ExportError, find_checkpoint
 from specbert.train.losses import frozen_call, l1
 from specbert.train.pretrain import db_image
 from specbert.train.rng import derive_seed
-from specbert.train.separate import ChunkedMasker, apply_mask, model_input
 from specbert.train.trainer import launch
 
 Batch = dict[str, Tensor]

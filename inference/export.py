@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -32,7 +33,6 @@ from torch import Tensor, nn
 from specbert.configs import Config, ConfigError, from_dict, merge
 from specbert.configs.audio import AudioConfig
 from specbert.model import build_model
-from specbert.train.checkpoint import default_permissions, latest_checkpoint
 
 FORMAT = "specbert-separator"
 FORMAT_VERSION = 1
@@ -98,34 +98,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
     tensors = load_file(str(path))
     if tensor_digest(tensors) != header["sha256"]:
         raise ExportError(f"{path}: the weights do not match the file's sha256 (corrupted file?)")
-    config = _config(merge(header["config"], overrides or {}), path)
-    return _build(config, tensors, path).to(device).eval(), config
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (``step_*``), or the latest one under a run or ``checkpoints`` folder."""
-    path = Path(path)
-    if (path / "model.safetensors").exists():
-        return path
-    for root in (path / "checkpoints", path):
-        found = latest_checkpoint(root)
-        if found is not None:
-            return found
-    raise ExportError(f"{path}: no checkpoint (expected step_*/model.safetensors, or a run folder)")
-
-
-def export_checkpoint(checkpoint: str | Path, out: str | Path, overrides: dict | None = None) -> Path:
-    """Export a training checkpoint (or a run folder's latest one) as a model file at ``out``.
-
-    The checkpoint's ``meta.json`` config is used, with ``overrides`` merged over it.
-    """
-    folder = find_checkpoint(checkpoint)
-    meta = json.loads((folder / "meta.json").read_text()) if (folder / "meta.json").exists() else {}
-    if "config" not in meta and not overrides:
-        raise ExportError(f"{folder}: meta.json has no config; give one with --config")
-    config = _config(merge(meta.get("config", {}), overrides or {}), folder)
-    tensors = load_file(str(folder / "model.safetensors"))
-    return save_model_file(_build(config, tensors, folder), config, out)
+    config = config_from(merge(header["config"], overrides or {}), path)
+    return build_with(config, tensors, path).to(device).eval(), config
 
 
 class MaskNetwork(nn.Module):
@@ -164,15 +138,17 @@ def _example(audio: AudioConfig, frames: int) -> Tensor:
     return torch.zeros(1, audio.channels, audio.model_bins, frames)
 
 
-def _config(data: dict, where: Path | str) -> Config:
+def config_from(data: dict, where: Path | str) -> Config:
+    """A ``Config`` from a stored dict; ExportError naming ``where`` if it is not one."""
     try:
         return from_dict(Config, data)
     except ConfigError as err:
         raise ExportError(f"{where}: bad config: {err}") from None
 
 
-def _build(config: Config, tensors: dict[str, Tensor], where: Path | str) -> nn.Module:
-    """The model of ``config`` with ``tensors`` loaded (strict)."""
+def build_with(config: Config, tensors: dict[str, Tensor], where: Path | str) -> nn.Module:
+    """The model of ``config`` with ``tensors`` loaded (strict); ExportError naming ``where`` if they do
+    not fit."""
     model = build_model(config)
     try:
         model.load_state_dict(tensors, strict=True)
@@ -180,6 +156,13 @@ def _build(config: Config, tensors: dict[str, Tensor], where: Path | str) -> nn.
         raise ExportError(f"{where}: the weights do not fit the config's model: {str(err).splitlines()[0]}"
                           ) from None
     return model
+
+
+def default_permissions(path: Path) -> None:
+    """Give a file safetensors wrote (always mode 0600) the mode a new file gets under the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _package_version() -> str:

@@ -5,7 +5,7 @@
     stems = sep.separate(wave, sample_rate=48000)        # an array [C, N] or [N]
     sep.separate_file("song.m4a", "out/")                # out/song_instrumental.wav, out/song_vocals.wav
 
-How (each stage in ``train.streaming`` is exact whatever the block sizes):
+How (each stage in ``inference.streaming`` is exact whatever the block sizes):
 
 1. A first pass reads the file in blocks (downmix to stereo, resample to 44.1 kHz, STFT) to find the
    track's largest magnitude ``peak``: the model's input is ``clip(|X| / peak, 0, 1)`` exactly as in
@@ -33,10 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from specbert.configs.audio import AudioConfig
-from specbert.pipeline.audio import AUDIO_EXTS, AudioError, model_view, to_channels
-from specbert.pipeline.stages import normalise
-from specbert.train.export import load_model
-from specbert.train.streaming import (
+from specbert.inference.export import load_model
+from specbert.inference.streaming import (
     BLOCK,
     Resampler,
     Source,
@@ -45,6 +43,8 @@ from specbert.train.streaming import (
     array_source,
     file_source,
 )
+from specbert.pipeline.audio import AUDIO_EXTS, AudioError, model_view, to_channels
+from specbert.pipeline.spectral import normalise
 
 STEMS = ("instrumental", "vocals")
 FORMATS = {"wav": "WAV", "flac": "FLAC"}
@@ -56,7 +56,7 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def model_input(spec: np.ndarray, peak: float) -> np.ndarray:
     """The network's input: complex ``[C, bins, T]`` -> float32 ``[C, model_bins, T]`` in [0, 1].
 
-    ``pipeline.stages.normalise`` (the training loader's ``clip(|X| / peak, 0, 1)``) without the Nyquist
+    ``pipeline.spectral.normalise`` (the training loader's ``clip(|X| / peak, 0, 1)``) without the Nyquist
     bin, where ``peak`` is the track's largest magnitude (``spec_peak`` over the whole track, as the
     ingest's ``max_magnitude``).
     """

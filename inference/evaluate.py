@@ -30,8 +30,8 @@ from typing import NamedTuple
 import numpy as np
 
 from specbert.configs.audio import AudioConfig
+from specbert.inference.separate import STEMS, Separator
 from specbert.pipeline.audio import istft, read_audio, stft
-from specbert.train.separate import STEMS, Separator
 
 METHODS = {
     "model": "model",

@@ -36,11 +36,12 @@ import soundfile as sf
 
 from specbert.configs import load_config
 from specbert.configs.audio import AudioConfig
-from specbert.pipeline.audio import read_audio, stft
+from specbert.pipeline.audio import read_audio
 from specbert.pipeline.codecs import get_codec
 from specbert.pipeline.example_library import render_song
 from specbert.pipeline.ingest import LOCAL_CLUSTER_CONFIG, ingest_library
 from specbert.pipeline.scan import identify, scan_library
+from specbert.pipeline.spectral import stft
 from specbert.pipeline.tasks import ShardJob, write_shard
 from specbert.pipeline.tracks import stored_array
 

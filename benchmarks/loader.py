@@ -45,6 +45,7 @@ import torch
 import webdataset as wds
 
 from specbert.configs import load_config
+from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
 from specbert.pipeline.loader import (
     build_pretrain_loader,
@@ -121,7 +122,7 @@ def stage_rows(tar_manifest: Path, zarr_manifest: Path, crops_per_segment: int) 
     masked = [mask_sample(sample, cfg, rng) for sample in paired]
     writes = {}
     for with_input, label in ((True, "target + input"), (False, "target only")):
-        deferred = [defer_crop(sample, cfg, bins=1024, with_input=with_input) for sample in masked]
+        deferred = [defer_crop(sample, cfg, AudioConfig().model_bins, with_input) for sample in masked]
         groups = [deferred[i : i + 8] for i in range(0, len(deferred) - 7, 8)]
         ring = BatchRing(workers=1)
 

@@ -11,7 +11,7 @@ class AudioConfig:
     """Sample rate, channels and STFT of the whole project.
 
     Shards keep all ``n_fft // 2 + 1`` bins; the model sees the first ``n_fft // 2``
-    (the Nyquist bin is dropped and its mask padded back for the inverse STFT).
+    (the Nyquist bin is dropped and its mask padded back for the inverse STFT: ``pipeline.spectral``).
     """
 
     sample_rate: int = 44100

@@ -31,7 +31,8 @@ import numpy as np
 
 from specbert.configs.audio import AudioConfig
 from specbert.inference.separate import STEMS, Separator
-from specbert.pipeline.audio import istft, read_audio, stft
+from specbert.pipeline.audio import read_audio
+from specbert.pipeline.spectral import istft, stft
 
 METHODS = {
     "model": "model",

@@ -5,15 +5,16 @@
     stems = sep.separate(wave, sample_rate=48000)        # an array [C, N] or [N]
     sep.separate_file("song.m4a", "out/")                # out/song_instrumental.wav, out/song_vocals.wav
 
-How (each stage in ``inference.streaming`` is exact whatever the block sizes):
+How (each streaming stage, ``inference.streaming`` and ``pipeline.spectral``, is exact whatever the block
+sizes):
 
 1. A first pass reads the file in blocks (downmix to stereo, resample to 44.1 kHz, STFT) to find the
    track's largest magnitude ``peak``: the model's input is ``clip(|X| / peak, 0, 1)`` exactly as in
-   pretraining (``model_input``).  It costs about 1% of the model's time.
+   pretraining (``pipeline.spectral.model_input``).  It costs about 1% of the model's time.
 2. The second pass computes the STFT again block by block; ``ChunkedMasker`` runs the network on chunks of
    ``chunk_frames`` frames that overlap by ``overlap`` frames and cross-fades their masks.
 3. ``instrumental = m |X| e^{j phase(X)}`` and ``vocals = (1 - m) |X| e^{j phase(X)}`` (the mask is padded
-   back to the Nyquist bin by repeating the last bin), inverse STFT by overlap-add, resampled back to
+   back to the Nyquist bin, ``full_bins``), inverse STFT by overlap-add, resampled back to
    the input's rate, mono for a mono input and stereo otherwise, and written as it comes.
 
 Files are written to a float32 temporary next to the output first; when all stems are done the
@@ -34,17 +35,9 @@ from tqdm.auto import tqdm
 
 from specbert.configs.audio import AudioConfig
 from specbert.inference.export import load_model
-from specbert.inference.streaming import (
-    BLOCK,
-    Resampler,
-    Source,
-    StreamingISTFT,
-    StreamingSTFT,
-    array_source,
-    file_source,
-)
-from specbert.pipeline.audio import AUDIO_EXTS, AudioError, model_view, to_channels
-from specbert.pipeline.spectral import normalise
+from specbert.inference.streaming import BLOCK, Resampler, Source, array_source, file_source
+from specbert.pipeline.audio import AUDIO_EXTS, AudioError, to_channels
+from specbert.pipeline.spectral import StreamingISTFT, StreamingSTFT, full_bins, max_magnitude, model_input
 
 STEMS = ("instrumental", "vocals")
 FORMATS = {"wav": "WAV", "flac": "FLAC"}
@@ -53,25 +46,9 @@ CLIP_MODES = ("rescale", "clamp")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def model_input(spec: np.ndarray, peak: float) -> np.ndarray:
-    """The network's input: complex ``[C, bins, T]`` -> float32 ``[C, model_bins, T]`` in [0, 1].
-
-    ``pipeline.spectral.normalise`` (the training loader's ``clip(|X| / peak, 0, 1)``) without the Nyquist
-    bin, where ``peak`` is the track's largest magnitude (``spec_peak`` over the whole track, as the
-    ingest's ``max_magnitude``).
-    """
-    return normalise(torch.from_numpy(np.abs(model_view(spec))), peak, torch.float32).numpy()
-
-
-def spec_peak(spec: np.ndarray) -> float:
-    """Largest magnitude of a complex spectrogram (all channels, bins and frames)."""
-    return float(np.abs(spec).max(initial=0.0))
-
-
 def apply_mask(spec: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
     """Mixture ``[C, bins, T]`` and mask ``[C, model_bins, T]`` -> complex stems with the mixture's phase."""
-    full = np.concatenate([mask, mask[:, -1:]], axis=1)  # the Nyquist bin repeats the last one
-    instrumental = spec * full
+    instrumental = spec * full_bins(mask)
     return {"instrumental": instrumental, "vocals": spec - instrumental}
 
 
@@ -282,7 +259,7 @@ class Separator:
         The blocks of each stem add up to about ``source.length`` samples (the callers cut or pad the
         last few, see ``fit_length``).
         """
-        peak = max((spec_peak(spec) for spec in Analysis(source, self.audio)), default=0.0)
+        peak = max((max_magnitude(np.abs(spec)) for spec in Analysis(source, self.audio)), default=0.0)
         masker = ChunkedMasker(self._predict, self.chunk, self.overlap, self.tta, self.batch_size)
         channels = output_channels(source, self.audio)
         synthesis = {stem: Synthesis(self.audio, source.rate, channels) for stem in stems}

@@ -68,7 +68,7 @@ from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
-from specbert.pipeline.spectral import peak_scale
+from specbert.pipeline.spectral import clip_magnitudes, model_view, peak_scale
 from specbert.pipeline.stages import (
     SKIP_KINDS,
     BatchStream,
@@ -152,14 +152,10 @@ def loader_config(config: Config | LoaderConfig | None, options: dict) -> Loader
 
 
 def clip_to_peak(sample: dict) -> dict:
-    """Decoded segment -> the same, its magnitudes clipped in place to [0, the track's peak] (the
-    codec's rounding can exceed the peak by 0.07 dB): once per segment, so that a crop of it is
-    normalised by one multiplication (``Window.write``), the same as ``normalise`` (clip(x / peak,
-    0, 1)) up to one float16 step at 1.0."""
-    peak = np.float16(sample["record"]["max_magnitude"])
-    if peak > sample["record"]["max_magnitude"]:  # the largest float16 not above the peak
-        peak = np.nextafter(peak, np.float16(0))
-    torch.from_numpy(sample["spec"]).clamp_(0.0, float(peak))
+    """Decoded segment -> the same, its magnitudes clipped in place to [0, the track's peak]
+    (``pipeline.spectral.clip_magnitudes``): once per segment, so that a crop of it is normalised by
+    one multiplication (``Window.write``)."""
+    clip_magnitudes(sample["spec"], sample["record"]["max_magnitude"])
     return sample
 
 
@@ -174,9 +170,9 @@ class Window:
     swap: bool
 
     def write(self, out: torch.Tensor):
-        """``out`` ``[C, bins, frames]`` = spec[:, :bins, start : start + frames] / peak, in [0, 1]."""
-        bins, frames = out.shape[-2:]
-        crop = self.spec[:, :bins, self.start : self.start + frames]
+        """``out`` ``[C, model_bins, frames]`` = the model's bins of frames ``start : start + frames``,
+        divided by the peak: in [0, 1]."""
+        crop = model_view(self.spec)[:, :, self.start : self.start + out.shape[-1]]
         sources = range(len(crop) - 1, -1, -1) if self.swap else range(len(crop))
         for channel, source in enumerate(sources):  # no flipped copy
             torch.mul(crop[source], peak_scale(self.peak), out=out[channel])

@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from specbert.configs import Config, ConfigError, from_dict
-from specbert.configs.audio import AudioConfig
+from specbert.configs import Config, ConfigError
 from specbert.configs.finetune import FinetuneConfig
 from specbert.pipeline.loader import Loader, build_loader
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.shards import to_complex
-from specbert.pipeline.spectral import normalise
+from specbert.pipeline.spectral import max_magnitude, model_view, normalise
 from specbert.pipeline.stages import (
     BatchStream,
     Seeds,
@@ -53,13 +52,12 @@ from specbert.pipeline.stages import (
 )
 
 
-def stems_pair(stems: dict[str, np.ndarray], bins: int, start: int,
-               frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Complex64 accompaniment and vocals ``[C, bins, frames]`` from frame ``start`` of a decoded stems
-    sample (float16 ``{name: [2, C, all bins, T]}``), deriving a stem that was not stored."""
+def stems_pair(stems: dict[str, np.ndarray], start: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Complex64 accompaniment and vocals ``[C, bins, frames]`` from frame ``start`` of decoded stems
+    (float16 ``{name: [2, C, bins, T]}``), deriving a stem that was not stored."""
 
     def cut(name: str) -> np.ndarray:
-        return to_complex(stems[name][..., :bins, start : start + frames])
+        return to_complex(stems[name][..., start : start + frames])
 
     if "accompaniment" in stems and "vocals" in stems:
         return cut("accompaniment"), cut("vocals")
@@ -71,12 +69,12 @@ def stems_pair(stems: dict[str, np.ndarray], bins: int, start: int,
     return mixture - vocals, vocals
 
 
-def crop_stems(sample: dict, frames: int, bins: int, swap: float, rng: np.random.Generator) -> dict:
-    """A random window of a stems segment: complex ``accompaniment`` and ``vocals`` ``[C, bins, frames]``,
-    each with its channels swapped with probability ``swap``."""
+def crop_stems(sample: dict, frames: int, swap: float, rng: np.random.Generator) -> dict:
+    """A random window of a stems segment: complex ``accompaniment`` and ``vocals`` ``[C, model_bins,
+    frames]``, each with its channels swapped with probability ``swap``."""
     record = sample["record"]
     start = crop_start(record["frames"], frames, rng)
-    pair = stems_pair(sample["stems"], bins, start, frames)
+    pair = stems_pair({name: model_view(x) for name, x in sample["stems"].items()}, start, frames)
     accompaniment, vocals = (x[::-1] if rng.random() < swap else x for x in pair)
     return {"key": sample["key"], "track": str(record["track_id"]), "peak": float(record["max_magnitude"]),
             "accompaniment": accompaniment, "vocals": vocals}
@@ -104,16 +102,16 @@ def remix(samples: Iterable[dict], cfg: FinetuneConfig, rng: np.random.Generator
         accompaniment, vocals = sample["accompaniment"] * np.float32(gain_a), vocals * np.float32(gain_v)
         magnitudes = {"mixture": np.abs(accompaniment + vocals), "accompaniment": np.abs(accompaniment),
                       "vocals": np.abs(vocals)}
-        peak = max(float(magnitudes["mixture"].max(initial=0.0)), gain_a * sample["peak"])
+        peak = max(max_magnitude(magnitudes["mixture"]), gain_a * sample["peak"])
         yield {"key": sample["key"], "track": track, "vocals_track": vocals_track,
                **{name: normalise(torch.from_numpy(x), peak) for name, x in magnitudes.items()}}
 
 
-def whole_segment(sample: dict, bins: int) -> dict:
+def whole_segment(sample: dict) -> dict:
     """A stored segment as complex64 ``mixture``, ``accompaniment`` and ``vocals`` ``[C, bins, frames]``."""
     record, stems = sample["record"], sample["stems"]
-    accompaniment, vocals = stems_pair(stems, bins, 0, record["frames"])
-    mixture = to_complex(stems["mixture"][..., :bins, :])  # always stored (configs.ingest)
+    accompaniment, vocals = stems_pair(stems, 0, record["frames"])
+    mixture = to_complex(stems["mixture"])  # always stored (configs.ingest)
     return {"key": sample["key"], "track": str(record["track_id"]), "peak": float(record["max_magnitude"]),
             **{name: torch.from_numpy(x) for name, x in
                (("mixture", mixture), ("accompaniment", accompaniment), ("vocals", vocals))}}
@@ -124,14 +122,13 @@ class StemsTask:
     """The fine-tuning stages between decoding and batching: crop -> remix (training), or whole segments."""
 
     cfg: Config
-    bins: int
     train: bool
 
     def __call__(self, seeds: Seeds, skips: Skips) -> list:
         loader = self.cfg.loader
         if not self.train:
-            return [each(partial(whole_segment, bins=self.bins))]
-        crop = partial(crop_stems, frames=loader.crop_frames, bins=self.bins, swap=loader.channel_swap,
+            return [each(whole_segment)]
+        crop = partial(crop_stems, frames=loader.crop_frames, swap=loader.channel_swap,
                        rng=seeds.numpy("crop"))
         return [
             partial(long_enough, frames=loader.crop_frames, skips=skips),
@@ -141,11 +138,10 @@ class StemsTask:
         ]
 
 
-def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], AudioConfig, int]:
-    """The stems shards of ``split`` in ``manifest``, its STFT settings and its segment length in frames;
-    ConfigError naming the manifest when there are none or the stems cannot give a vocal/instrumental pair."""
+def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], int]:
+    """The stems shards of ``split`` in ``manifest`` and its segment length in frames; ConfigError naming
+    the manifest when there are none or the stems cannot give a vocal/instrumental pair."""
     contents = read_manifest(manifest)
-    audio = from_dict(AudioConfig, contents.config.get("audio", {}), where="manifest audio")
     ingest = contents.config.get("ingest", {})
     stored = set(ingest.get("stems", ()))
     if contents.config.get("kind") != "stems" or not stored & {"accompaniment", "vocals"}:
@@ -157,17 +153,17 @@ def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], AudioCon
         raise ConfigError(f"{manifest}: no stems shards in split {split!r} (splits: "
                           f"{', '.join(splits) or 'none'}; set finetune.val_split, or ingest with a larger "
                           "ingest.val_fraction)")
-    return shards, audio, ingest.get("segment_frames", 0)
+    return shards, ingest.get("segment_frames", 0)
 
 
 def build_stems_loader(manifest: str | Path, cfg: Config, split: str = "train", batch_size: int = 8,
                        num_workers: int = 2, seed: int = 0) -> Loader:
     """Training batches (resampled shards, ``loader.epoch_batches`` per epoch) of augmented crops."""
-    shards, audio, segment = stems_shards(manifest, split)
+    shards, segment = stems_shards(manifest, split)
     if segment < cfg.loader.crop_frames:
         raise ConfigError(f"{manifest}: segments of {segment} frames are shorter than loader.crop_frames "
                           f"({cfg.loader.crop_frames})")
-    return build_loader(shards, StemsTask(cfg, audio.model_bins, train=True), batch_size=batch_size,
+    return build_loader(shards, StemsTask(cfg, train=True), batch_size=batch_size,
                         num_workers=num_workers, seed=seed, resampled=True,
                         shuffle_buffer=cfg.loader.shuffle_buffer, epoch_batches=cfg.loader.epoch_batches,
                         what=f"{manifest} ({split})")
@@ -177,7 +173,7 @@ def build_segments_loader(manifest: str | Path, cfg: Config, split: str, num_wor
                           seed: int = 0) -> Loader:
     """Every whole segment of ``split`` once, one per batch, in an order fixed by ``seed``.  Not split over
     DDP ranks: validation sets are small (often one shard), and every rank then scores the same tracks."""
-    shards, audio, _ = stems_shards(manifest, split)
-    stream = BatchStream(shards, StemsTask(cfg, audio.bins, train=False), batch_size=1, seed=seed, rank=0,
+    shards, _ = stems_shards(manifest, split)
+    stream = BatchStream(shards, StemsTask(cfg, train=False), batch_size=1, seed=seed, rank=0,
                          world_size=1, resampled=False, shuffle_buffer=1)
     return Loader(stream, min(num_workers, len(shards)), epoch_batches=None)

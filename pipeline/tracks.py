@@ -8,9 +8,10 @@ import numpy as np
 
 from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
-from specbert.pipeline.audio import AudioError, num_frames, read_audio, stft_blocks
+from specbert.pipeline.audio import AudioError, read_audio
 from specbert.pipeline.codecs import CHECKSUM
 from specbert.pipeline.shards import sample_key
+from specbert.pipeline.spectral import max_magnitude, num_frames, stft_blocks
 
 FLOAT16_SAFE = 60000.0  # magnitudes above this overflow float16 (audio far above full scale)
 
@@ -55,7 +56,7 @@ def stored_array(wave: np.ndarray, audio: AudioConfig, keep_complex: bool) -> tu
     peak = 0.0
     for start, block in stft_blocks(wave, audio):
         magnitude = np.abs(block)
-        block_peak = float(magnitude.max())
+        block_peak = max_magnitude(magnitude)
         if not block_peak <= FLOAT16_SAFE:  # also NaN
             raise AudioError(f"samples far above full scale or not finite (STFT magnitude {block_peak:.3g})")
         peak = max(peak, block_peak)

@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 
 from specbert.configs.audio import AudioConfig
-from specbert.pipeline.audio import AudioError, istft, num_frames, read_audio, stft, to_channels
+from specbert.pipeline.audio import AudioError, read_audio, to_channels
+from specbert.pipeline.spectral import istft, num_frames, stft
 
 AUDIO = AudioConfig()
 

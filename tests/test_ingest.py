@@ -13,12 +13,13 @@ import webdataset as wds
 
 from specbert.configs import load_config
 from specbert.pipeline import drives
-from specbert.pipeline.audio import read_audio, stft
+from specbert.pipeline.audio import read_audio
 from specbert.pipeline.example_library import write_example_library, write_example_stems
 from specbert.pipeline.ingest import ingest_library, ingest_stems
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.scan import identify, scan_library
 from specbert.pipeline.shards import TarShard, decode_sample, iter_shard, iter_tar_shard, to_complex
+from specbert.pipeline.spectral import stft
 from specbert.pipeline.tasks import ShardJob, write_shard
 
 SETTINGS = ["loader.crop_frames=64", "ingest.segment_frames=96", "ingest.reserve_bytes=0"]

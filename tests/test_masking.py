@@ -89,8 +89,10 @@ def test_separator_pattern():
 
 
 def segment_sample(i: int, tracks: int = 5, frames: int = 96) -> dict:
-    """A decoded segment as ``decode_sample`` gives it: float16 ``[C, F, T]`` frames-major, its peak 2."""
-    spec = np.ascontiguousarray(crop(frames, i).numpy().transpose(0, 2, 1)).transpose(0, 2, 1) * 2
+    """A decoded segment as ``decode_sample`` gives it: float16 ``[C, F + 1, T]`` (16 bins the model sees
+    and a Nyquist bin) frames-major, its peak 2."""
+    bins = np.concatenate([crop(frames, i).numpy(), np.full((2, 1, frames), 0.5, np.float16)], axis=1)
+    spec = np.ascontiguousarray(bins.transpose(0, 2, 1)).transpose(0, 2, 1) * 2
     return {"key": f"k{i}", "spec": spec, "record": {"track_id": f"t{i % tracks}", "max_magnitude": 2.0}}
 
 
@@ -138,14 +140,14 @@ def test_crop_is_the_normalised_window_with_channels_swapped():
         out = torch.empty(2, 16, 32, dtype=torch.float16)
         halves[1].write(out)
         start = halves[1].start
-        expected = (spec[:, :, start : start + 32] / 2).clamp(0, 1)
+        expected = (spec[:, :16, start : start + 32] / 2).clamp(0, 1)
         assert torch.equal(out.float(), (expected.flip(0) if swap else expected).half().float())
 
 
 def test_a_silent_track_crops_to_zeros():
     """A digitally silent track is ingested with peak 0; its crops are 0, not a division error."""
     record = {"track_id": "t", "max_magnitude": 0.0}
-    sample = {"key": "k", "spec": np.zeros((2, 16, 96), np.float16), "record": record}
+    sample = {"key": "k", "spec": np.zeros((2, 17, 96), np.float16), "record": record}
     halves = crop_halves(clip_to_peak(sample), 64, 0.5, np.random.default_rng(0))["halves"]
     out = torch.ones(2, 16, 32, dtype=torch.float16)
     halves[0].write(out)
@@ -161,7 +163,7 @@ def test_next_segment_off_passes_crops_unchanged():
     target, _ = write(mask_sample(out[0], cfg, rng), cfg)
     start = out[0]["halves"][0].start
     spec = torch.from_numpy(segment_sample(0, tracks=20)["spec"])
-    assert torch.equal(target, (spec[:, :, start : start + 64] / 2).clamp(0, 1))
+    assert torch.equal(target, (spec[:, :16, start : start + 64] / 2).clamp(0, 1))
 
 
 def test_options_override_and_validate():

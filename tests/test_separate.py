@@ -18,10 +18,10 @@ from specbert.configs.audio import AudioConfig
 from specbert.configs.model import ModelConfig
 from specbert.inference.export import save_model_file
 from specbert.inference.separate import ChunkedMasker, Separator
-from specbert.inference.streaming import StreamingISTFT, StreamingSTFT
 from specbert.model import build_model
-from specbert.pipeline.audio import decode, istft, resample, stft, to_channels
+from specbert.pipeline.audio import decode, resample, to_channels
 from specbert.pipeline.example_library import render_song
+from specbert.pipeline.spectral import StreamingISTFT, StreamingSTFT, istft, stft
 from specbert.train.checkpoint import save_checkpoint
 
 AUDIO = AudioConfig()

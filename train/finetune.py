@@ -32,9 +32,9 @@ from torch import Tensor, nn
 from specbert.configs import Config
 from specbert.inference.evaluate import usdr
 from specbert.inference.export import ExportError
-from specbert.inference.separate import ChunkedMasker, apply_mask, model_input
+from specbert.inference.separate import ChunkedMasker, apply_mask
 from specbert.model import build_model
-from specbert.pipeline.audio import istft
+from specbert.pipeline.spectral import istft, model_input
 from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
 from specbert.train.distributed import unwrap
 from specbert.train.losses import frozen_call, l1

@@ -1,23 +1,46 @@
 """The ``specbert`` command line: one subcommand per job, thin wrappers over the packages.
 
-Every subcommand takes ``--config NAME|FILE`` (a preset in configs/ or a YAML path) and any
-number of ``--set section.key=value`` overrides.
+Every subcommand takes ``--config NAME|FILE`` (a preset in configs/ or a YAML path), any number of
+``--set section.key=value`` overrides, and ``-v``/``-q`` for more or fewer messages. Results go to
+stdout; messages (through ``logging``, logger ``specbert``), warnings and progress bars to stderr.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from specbert.configs import ConfigError, load_config, preset_names
+from specbert.messages import log, progress_bars
+
+
+def setup_logging(verbose: int, quiet: int) -> None:
+    """specbert's messages at INFO by default, DEBUG with -v, WARNING with -q (no progress bars either),
+    ERROR with -qq; other libraries' (Dask's INFO chatter) at WARNING and above only, and Python warnings
+    (a loader's skips) as log records, all on stderr."""
+    level = min(max(logging.INFO + 10 * (quiet - verbose), logging.DEBUG), logging.CRITICAL)
+    others = logging.StreamHandler(sys.stderr)
+    others.setLevel(max(level, logging.WARNING))
+    logging.basicConfig(format="%(message)s", handlers=[others], force=True)
+    mine = logging.StreamHandler(sys.stderr)
+    mine.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [mine]
+    log.propagate = False
+    log.setLevel(level)
+    logging.captureWarnings(True)
 
 
 def config_options(command):
-    """Add ``--config`` and ``--set`` to a command and pass it the loaded ``cfg``."""
+    """Add ``--config``, ``--set`` and ``-v``/``-q`` to a command: set up logging and pass it the loaded
+    ``cfg``."""
 
+    @click.option("-v", "--verbose", count=True, help="More messages (debug).")
+    @click.option("-q", "--quiet", count=True, help="Fewer messages: warnings only, no progress bars (-qq: "
+                  "errors only).")
     @click.option(
         "--config", "config_source", metavar="NAME|FILE", default=None,
         help=f"Preset name ({', '.join(preset_names())}) or a YAML file. Default: built-in defaults.",
@@ -27,7 +50,8 @@ def config_options(command):
         help="Override one setting, e.g. --set loader.mask_rate=0.3 (repeatable).",
     )
     @functools.wraps(command)
-    def wrapper(*args, config_source, overrides, **kwargs):
+    def wrapper(*args, config_source, overrides, verbose, quiet, **kwargs):
+        setup_logging(verbose, quiet)
         try:
             cfg = load_config(config_source, overrides)
         except ConfigError as err:
@@ -155,7 +179,7 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
     if steps is not None:
         cfg.finetune.steps = steps
     try:
-        code = run(cfg, manifest, run_dir, init, resume, device, log=click.echo)
+        code = run(cfg, manifest, run_dir, init, resume, device, log=log.info)
     except (CheckpointError, ExportError, FileExistsError, ConfigError) as err:
         raise click.ClickException(str(err)) from None
     _finetune_summary(run_dir)
@@ -186,7 +210,7 @@ def compare(manifest, init, run_dir, steps, device, cfg):
     if steps is not None:
         cfg.finetune.steps = steps
     try:
-        report, paths = run(cfg, manifest, init, run_dir, device, log=click.echo)
+        report, paths = run(cfg, manifest, init, run_dir, device, log=log.info)
     except (CheckpointError, ExportError, ConfigError) as err:
         raise click.ClickException(str(err)) from None
     from specbert.train.compare import markdown
@@ -225,8 +249,8 @@ def _run_ingest(run, roots, outs, manifest, fmt, codec, workers, scheduler, prog
 
     try:
         cfg = with_options(cfg, format=fmt, codec=codec, workers=workers, scheduler=scheduler)
-        summary = run(roots, outs, cfg, manifest=manifest, progress=progress,
-                      log=lambda line: click.echo(line, err=True))
+        summary = run(roots, outs, cfg, manifest=manifest, progress=progress and progress_bars(),
+                      log=log.info)
     except ConfigError as err:
         raise click.BadParameter(str(err)) from None
     except IngestError as err:
@@ -257,7 +281,8 @@ def ingest(library, outs, manifest, fmt, codec, workers, scheduler, progress, cf
 @ingest_options
 @config_options
 def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
-    """Turn stems datasets (MUSDB18-HQ layout, or mixtures/ + instruments/) into complex STFT shards.
+    """Turn stems datasets (MUSDB18-HQ folders, MUSDB18 .stem.mp4 files, or mixtures/ + instruments/) into
+    complex STFT shards.
 
     The stems stored are ingest.stems (default mixture, vocals, accompaniment), aligned in one sample.
     """
@@ -323,7 +348,8 @@ def export(checkpoint, out, onnx, torchscript, cfg):
         try:
             click.echo(f"wrote {export_onnx(model, config.audio, path.with_suffix('.onnx'))}")
         except ImportError as err:
-            raise click.ClickException(f"--onnx needs the onnx package (pip install onnx): {err}") from None
+            raise click.ClickException(f"--onnx needs the onnx package (pip install 'specbert[onnx]'): {err}"
+                                       ) from None
     if torchscript:
         click.echo(f"wrote {export_torchscript(model, config.audio, path.with_suffix('.torchscript.pt'))}")
 
@@ -331,14 +357,16 @@ def export(checkpoint, out, onnx, torchscript, cfg):
 def separator_options(command):
     """Options of the separation itself, shared by ``separate`` and ``evaluate``."""
     options = [
-        click.option("--tta", is_flag=True, help="Average with a second pass whose chunks are shifted."),
+        click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Average N passes whose chunks are shifted by 1/N of a step (N times the time)."),
+        click.option("--tta", is_flag=True, help="Two shifted passes: --shifts 2."),
         click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
                      help="Frames per model call. Default: the crop the model was trained on."),
         click.option("--overlap", type=click.IntRange(min=0), default=None,
                      help="Frames shared by neighbouring chunks (cross-faded). Default: a quarter chunk."),
         click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto",
-                     show_default=True, help="auto: cuda, else mps, else cpu."),
+        click.option("-d", "--device", default="auto", show_default=True,
+                     help="Any torch device (cpu, cuda, cuda:1, mps); auto: cuda, else mps, else cpu."),
         click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
                      show_default=True, help="auto: bf16 (else fp16) on cuda, fp16 on mps, fp32 on cpu."),
     ]
@@ -347,18 +375,13 @@ def separator_options(command):
     return command
 
 
-def _separator(model_path, device, **options):
+def _separator(model_path, **options):
     """The ``Separator`` of the CLI options; --config/--set merged over the model's stored config."""
-    import torch
-
     from specbert.inference.export import ExportError
     from specbert.inference.separate import Separator
 
-    if device == "auto":
-        mps = torch.backends.mps.is_available()
-        device = "cuda" if torch.cuda.is_available() else "mps" if mps else "cpu"
     try:
-        return Separator(model_path, device=device, overrides=stored_config_overrides(), **options)
+        return Separator(model_path, overrides=stored_config_overrides(), **options)
     except (ExportError, ValueError) as err:
         raise click.ClickException(str(err)) from None
 
@@ -368,35 +391,53 @@ def _separator(model_path, device, **options):
 @click.argument("inputs", metavar="INPUT...", nargs=-1, required=True,
                 type=click.Path(exists=True, path_type=Path))
 @click.option("-o", "--out", "out_dir", default="separated", show_default=True,
-              type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (never searched for inputs).")
+@click.option("--filename", default="{track}_{stem}.{ext}", show_default=True,
+              help="Output path under --out: {track} (the input's folder within the folder given and its "
+                   "name; inputs of the same name keep apart), {stem}, {ext}, {model}.")
 @click.option("--stems", multiple=True, type=click.Choice(["instrumental", "vocals"]),
               default=("instrumental", "vocals"), show_default=True, help="Stems to write (repeatable).")
-@click.option("--format", "fmt", type=click.Choice(["wav", "flac"]), default="wav", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["wav", "flac", "mp3", "ogg", "opus", "m4a"]),
+              default=None, help="Output format (default: wav); mp3, ogg, opus and m4a go through ffmpeg.")
+@click.option("--mp3", is_flag=True, help="Same as --format mp3.")
+@click.option("--bitrate", "--mp3-bitrate", "bitrate", type=click.IntRange(min=8), default=320,
+              show_default=True, help="kb/s of mp3, ogg, opus and m4a outputs.")
 @click.option("--bits", type=click.Choice(["16", "24", "float"]), default="16", show_default=True,
-              help="Sample format (float: WAV only).")
+              help="Sample format of wav and flac outputs (float: WAV only).")
 @click.option("--clip", type=click.Choice(["rescale", "clamp"]), default="rescale", show_default=True,
               help="Keep samples in [-1, 1]: rescale a file's stems by one gain, or clamp each sample.")
+@click.option("--skip-existing", is_flag=True,
+              help="Skip inputs whose outputs all exist (from an earlier run).")
 @separator_options
 @config_options
-def separate(model_path, inputs, out_dir, stems, fmt, bits, clip, cfg, **options):
+def separate(model_path, inputs, out_dir, filename, stems, fmt, mp3, bitrate, bits, clip, skip_existing, cfg,
+             **options):
     """Split audio files (or folders, recursively) into instrumental and vocals with MODEL.
 
-    Any format and sample rate the ingest reads; outputs are OUT/<name>_<stem>.<format> at the input's
-    rate (mono stays mono, other layouts become stereo), streamed in chunks so that memory does not grow
-    with the length.  --config and --set are merged over the model's stored config.  Exit code 1 when
-    a file failed.
+    Any format and sample rate the ingest reads; outputs go to OUT/--filename at the input's rate (mono
+    stays mono, other layouts become stereo), streamed in chunks so that memory does not grow with the
+    length, and appear only when complete.  --config and --set are merged over the model's stored
+    config.  Exit code 1 when a file failed.
     """
-    separator = _separator(model_path, **options)
+    if mp3 and fmt not in (None, "mp3"):
+        raise click.BadParameter(f"--mp3 and --format {fmt} disagree", param_hint="--mp3")
+    fmt = "mp3" if mp3 else fmt or "wav"
     if fmt == "flac" and bits == "float":
         raise click.BadParameter("FLAC stores integers only: use --bits 16 or 24", param_hint="--bits")
+    separator = _separator(model_path, **options)
     try:
-        done, failed = separator.separate_files(inputs, out_dir, stems=stems, fmt=fmt, bits=bits, clip=clip)
-    except FileNotFoundError as err:
+        done, skipped, failed = separator.separate_files(
+            inputs, out_dir, stems=stems, filename=filename, skip_existing=skip_existing,
+            progress=progress_bars(), fmt=fmt, bits=bits, clip=clip, bitrate=bitrate)
+    except (FileNotFoundError, ValueError) as err:
         raise click.ClickException(str(err)) from None
     for path, outputs in done.items():
         click.echo(f"{path} -> {', '.join(str(p) for p in outputs.values())}")
+    if skipped:
+        log.info("skipped %d inputs whose outputs exist (--skip-existing)", len(skipped))
     for path, reason in failed.items():
-        click.echo(f"failed: {path}: {reason}", err=True)
+        log.error("failed: %s: %s", path, reason)
     sys.exit(1 if failed else 0)
 
 
@@ -408,11 +449,13 @@ def separate(model_path, inputs, out_dir, stems, fmt, bits, clip, cfg, **options
               type=click.Path(file_okay=False, path_type=Path), help="Where the JSON, Markdown and PNG go.")
 @click.option("--museval/--no-museval", "use_museval", default=True, show_default=True,
               help="Also the BSSEval v4 SDR (slow: it runs for the model, the floor and the ceiling).")
-@click.option("--png", is_flag=True, help="Also draw a bar chart.")
+@click.option("--png", is_flag=True,
+              help="Also draw a bar chart, and spectrograms of the first track (true and separated).")
 @separator_options
 @config_options
 def evaluate(model_path, dataset, split, out_dir, use_museval, png, cfg, **options):
-    """Score MODEL on a MUSDB18-HQ-layout DATASET, between a floor (the mixture) and a ceiling (the ideal
+    """Score MODEL on a stems DATASET (MUSDB18-HQ folders, MUSDB18 .stem.mp4 files, or mixtures/ +
+    instruments/), between a floor (the mixture) and a ceiling (the ideal
     ratio mask with the mixture's phase): uSDR (whole-track, mean over tracks) and museval SDR (BSSEval
     v4, median over 1 s windows, median over tracks), for instrumental and vocals.
     """
@@ -421,10 +464,13 @@ def evaluate(model_path, dataset, split, out_dir, use_museval, png, cfg, **optio
 
     separator = _separator(model_path, **options)
     try:
-        report = run(separator, dataset, split, use_museval, progress=True)
+        picture = Path(out_dir) / "evaluation_spectrograms.png" if png else None
+        if picture is not None:
+            picture.parent.mkdir(parents=True, exist_ok=True)
+        report = run(separator, dataset, split, use_museval, progress=progress_bars(), picture=picture)
     except FileNotFoundError as err:
         raise click.ClickException(str(err)) from None
-    paths = write_report(report, out_dir, png)
+    paths = write_report(report, out_dir, png) + ([picture] if png else [])
     click.echo(markdown(report).split("\n## ")[0].rstrip())
     click.echo(f"wrote {', '.join(str(p) for p in paths)}")
 

@@ -15,7 +15,7 @@ class IngestConfig:
     format: Literal["tar", "zarr"] = "tar"
     codec: str = "f16r6"  # storage codec, see pipeline/codecs.py (0.071 dB max error, < FLAC bytes)
     keep_complex: bool = False  # store real/imag float16 instead of magnitude
-    segment_frames: int = 2048  # frames per stored segment; a tail >= one loader crop is kept
+    segment_frames: int = 2048  # frames per stored segment; a tail under half of one joins the one before
     shard_bytes: int = 1_000_000_000  # target shard size (a shard holds whole tracks)
     val_fraction: float = 0.05  # share of albums (or artists) held out for validation
     split_by: Literal["album", "artist"] = "artist"  # what never straddles train/validation

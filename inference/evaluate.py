@@ -1,6 +1,8 @@
-"""Separation quality on a MUSDB18-HQ-layout folder: the model between a floor and a ceiling.
+"""Separation quality on a stems dataset: the model between a floor and a ceiling.
 
-Stems: ``instrumental`` (``accompaniment.wav`` where present, else drums + bass + other) and ``vocals``.
+Tracks: any layout ``specbert ingest-stems`` reads (``pipeline.stems``: MUSDB18-HQ folders, MUSDB18's
+``.stem.mp4`` files, ``mixtures/`` + ``instruments/``). Stems: ``instrumental`` (the accompaniment file
+where present, else drums + bass + other, or mixture - vocals) and ``vocals``.
 
 Metrics (dB), per stem and track, then over the tracks:
 
@@ -31,8 +33,9 @@ import numpy as np
 
 from specbert.configs.audio import AudioConfig
 from specbert.inference.separate import STEMS, Separator
-from specbert.pipeline.audio import read_audio
+from specbert.pipeline.plots import show_spectrogram
 from specbert.pipeline.spectral import istft, stft
+from specbert.pipeline.stems import scan_stems, stem_waves
 
 METHODS = {
     "model": "model",
@@ -54,6 +57,7 @@ METRICS = {
                           "BSSEval v4 SDR in dB, median over 1 s windows; overall: median over tracks"),
 }
 _EPS = 1e-10
+PICTURE_SECONDS = 20.0  # of the first track, drawn by --png (a whole song's mesh would take minutes)
 
 
 def usdr(reference: np.ndarray, estimate: np.ndarray) -> float:
@@ -91,24 +95,21 @@ def ideal_ratio_mask(stems: dict[str, np.ndarray], mixture: np.ndarray, audio: A
     return {"instrumental": istft(estimate, length, audio), "vocals": istft(spec - estimate, length, audio)}
 
 
-def find_tracks(dataset: str | Path, split: str = "test") -> list[Path]:
-    """Track folders (holding mixture.wav) under ``dataset/split``, or under ``dataset`` itself."""
+def find_tracks(dataset: str | Path, split: str = "test") -> list[dict]:
+    """The tracks (``pipeline.stems`` items) under ``dataset/split``, or under ``dataset`` itself."""
     dataset = Path(dataset)
     root = dataset / split if (dataset / split).is_dir() else dataset
-    tracks = sorted(p.parent for p in root.glob("*/mixture.wav"))
+    tracks = [item for item in scan_stems([root])[0] if item.get("status") != "failed"]
     if not tracks:
-        raise FileNotFoundError(f"{root}: no track folders with a mixture.wav (MUSDB18-HQ layout)")
+        raise FileNotFoundError(f"{root}: no tracks (folders with a mixture file, .stem.mp4 files, or "
+                                "mixtures/ + instruments/)")
     return tracks
 
 
-def load_track(folder: Path, audio: AudioConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def load_track(track: dict, audio: AudioConfig) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The mixture and the two reference stems of a track, ``[2, N]`` at the model's rate."""
-    mixture = read_audio(folder / "mixture.wav", audio)
-    if (folder / "accompaniment.wav").exists():
-        instrumental = read_audio(folder / "accompaniment.wav", audio)
-    else:
-        instrumental = sum(read_audio(folder / f"{name}.wav", audio) for name in ("drums", "bass", "other"))
-    return mixture, {"instrumental": instrumental, "vocals": read_audio(folder / "vocals.wav", audio)}
+    waves = dict(stem_waves(track, ("mixture", "accompaniment", "vocals"), audio))
+    return waves["mixture"], {"instrumental": waves["accompaniment"], "vocals": waves["vocals"]}
 
 
 def score(references: dict, estimates: dict, rate: int, use_museval: bool) -> dict[str, dict[str, float]]:
@@ -120,17 +121,20 @@ def score(references: dict, estimates: dict, rate: int, use_museval: bool) -> di
     return out
 
 
-def evaluate_track(separator: Separator, folder: Path, use_museval: bool = True) -> dict:
-    """Scores of the three methods on one track."""
+def evaluate_track(separator: Separator, track: dict, use_museval: bool = True,
+                   picture: Path | None = None) -> dict:
+    """Scores of the three methods on one track; with ``picture``, its spectrograms drawn there."""
     audio = separator.audio
-    mixture, references = load_track(folder, audio)
+    mixture, references = load_track(track, audio)
     estimates = {
         "model": separator.separate(mixture, audio.sample_rate),
         "mixture": {name: mixture for name in STEMS},
         "irm": ideal_ratio_mask(references, mixture, audio),
     }
+    if picture is not None:
+        draw_spectrograms(mixture, references, estimates["model"], audio, picture, track["name"])
     return {
-        "name": folder.name,
+        "name": track["name"],
         "seconds": mixture.shape[1] / audio.sample_rate,
         **{method: score(references, estimate, audio.sample_rate, use_museval)
            for method, estimate in estimates.items()},
@@ -150,13 +154,14 @@ def summarise(tracks: list[dict]) -> dict:
 
 
 def evaluate(separator: Separator, dataset: str | Path, split: str = "test", use_museval: bool = True,
-             progress: bool = False) -> dict:
-    """The report: per track and overall scores of the model, the floor and the ceiling."""
+             progress: bool = False, picture: Path | None = None) -> dict:
+    """The report: per track and overall scores of the model, the floor and the ceiling; with ``picture``,
+    the first track's spectrograms drawn there (``draw_spectrograms``)."""
     from tqdm.auto import tqdm
 
-    folders = find_tracks(dataset, split)
-    tracks = [evaluate_track(separator, folder, use_museval)
-              for folder in tqdm(folders, desc="tracks", unit="track", disable=not progress)]
+    found = find_tracks(dataset, split)
+    tracks = [evaluate_track(separator, track, use_museval, picture if i == 0 else None)
+              for i, track in enumerate(tqdm(found, desc="tracks", unit="track", disable=not progress))]
     return {
         "model": str(separator.model_path),
         "dataset": str(dataset),
@@ -217,6 +222,36 @@ def plot(report: dict, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return path
+
+
+def draw_spectrograms(mixture: np.ndarray, references: dict, estimates: dict, audio: AudioConfig, path: Path,
+                      title: str, seconds: float = PICTURE_SECONDS) -> Path:
+    """dB spectrograms (left channel, ``seconds`` from the middle of the track) of the mixture and of the
+    true and the model's vocals and instrumental, one above the other with time and frequency axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n, length = mixture.shape[1], int(seconds * audio.sample_rate)
+    start = max(0, (n - length) // 2)
+    span = slice(start, min(n, start + length))
+    panels = {"mixture": mixture, "vocals (true)": references["vocals"],
+              "vocals (model)": estimates["vocals"], "instrumental (true)": references["instrumental"],
+              "instrumental (model)": estimates["instrumental"]}
+    specs = {name: np.abs(stft(wave[:1, span], audio))[0] for name, wave in panels.items()}
+    peak = max(float(specs["mixture"].max()), _EPS)
+    fig = Figure(figsize=(10, 2.2 * len(specs) + 0.5), dpi=80)
+    axes = fig.subplots(len(specs), 1, squeeze=False)[:, 0]
+    for ax, (name, spec) in zip(axes, specs.items(), strict=True):
+        db = 20 * np.log10(np.maximum(spec, peak * 1e-5) / peak)
+        mesh = show_spectrogram(ax, db, audio.sample_rate, audio.n_fft, audio.hop, cmap="magma", vmin=-100,
+                                vmax=0)
+        ax.set_title(name, fontsize="medium")
+        ax.label_outer()
+        fig.colorbar(mesh, ax=ax, format="%+.0f dB")
+    fig.suptitle(f"{title} (left channel, from {span.start / audio.sample_rate:.1f} s)")
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(path))
     return path
 
 

@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import torch
@@ -33,6 +32,8 @@ from torch import Tensor, nn
 from specbert.configs import Config, ConfigError, from_dict, merge
 from specbert.configs.audio import AudioConfig
 from specbert.model import build_model
+from specbert.pipeline.audio import AUDIO_EXTS
+from specbert.provenance import package_version
 
 FORMAT = "specbert-separator"
 FORMAT_VERSION = 1
@@ -61,7 +62,7 @@ def save_model_file(model: nn.Module, config: Config, path: str | Path) -> Path:
     metadata = {
         "format": FORMAT,
         "version": str(FORMAT_VERSION),
-        "specbert": _package_version(),
+        "specbert": package_version(),
         "config": json.dumps(config.to_dict()),
         "audio": json.dumps(audio),
         "sha256": tensor_digest(tensors),
@@ -75,6 +76,9 @@ def save_model_file(model: nn.Module, config: Config, path: str | Path) -> Path:
 
 def read_header(path: str | Path) -> dict:
     """The metadata of a model file, with ``config`` and ``audio`` parsed; checks format and version."""
+    if is_audio(path):
+        raise ExportError(f"{path} is an audio file, not a model: give the model file (.safetensors, from "
+                          "`specbert export`) first, then the audio")
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
@@ -86,6 +90,20 @@ def read_header(path: str | Path) -> dict:
         raise ExportError(f"{path}: model file version {metadata.get('version')}; this specbert reads "
                           f"version {FORMAT_VERSION}")
     return {**metadata, "config": json.loads(metadata["config"]), "audio": json.loads(metadata["audio"])}
+
+
+AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
+
+
+def is_audio(path: str | Path) -> bool:
+    """``path`` names or starts like an audio file (WAV, FLAC, Ogg, MP3, AIFF, MP4/M4A...)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return (Path(path).suffix.lower() in AUDIO_EXTS or head.startswith(AUDIO_MAGIC)
+            or head[4:8] == b"ftyp")
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu",
@@ -116,13 +134,16 @@ class MaskNetwork(nn.Module):
 def export_onnx(model: nn.Module, audio: AudioConfig, path: str | Path, frames: int = 64) -> Path:
     """Write the mask network as ONNX with dynamic batch and frames (input "magnitude", output "mask").
 
-    Uses the TorchScript-based exporter: the dynamo exporter takes minutes on this model.  Needs the
-    ``onnx`` package.
+    Uses the TorchScript-based exporter: the dynamo exporter takes minutes on this model.  The written
+    graph is checked with the ``onnx`` package (``pip install 'specbert[onnx]'``).
     """
+    import onnx
+
     axes = {0: "batch", 3: "frames"}
     torch.onnx.export(MaskNetwork(model).eval(), (_example(audio, frames),), str(path),
                       input_names=["magnitude"], output_names=["mask"],
                       dynamic_axes={"magnitude": axes, "mask": axes}, dynamo=False)
+    onnx.checker.check_model(str(path))
     return Path(path)
 
 
@@ -150,11 +171,11 @@ def build_with(config: Config, tensors: dict[str, Tensor], where: Path | str) ->
     """The model of ``config`` with ``tensors`` loaded (strict); ExportError naming ``where`` if they do
     not fit."""
     model = build_model(config)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise ExportError(f"{where}: the weights do not fit the config's model: {str(err).splitlines()[0]}"
-                          ) from None
+    mismatch = first_mismatch(model.state_dict(), tensors)
+    if mismatch:
+        raise ExportError(f"{where}: the weights do not fit the config's model: first mismatch {mismatch} "
+                          "(a --config or --set that changes the model?)")
+    model.load_state_dict(tensors, strict=True)
     return model
 
 
@@ -165,8 +186,14 @@ def default_permissions(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _package_version() -> str:
-    try:
-        return version("specbert")
-    except PackageNotFoundError:
-        return "unknown"
+def first_mismatch(expected: dict[str, Tensor], tensors: dict[str, Tensor]) -> str | None:
+    """The first tensor, in the model's order, that ``tensors`` lack or hold with another shape, else the
+    first one the model does not have; None when they fit."""
+    for name, tensor in expected.items():
+        if name not in tensors:
+            return f"{name}: in the model, not in the weights"
+        if tensors[name].shape != tensor.shape:
+            got, want = list(tensors[name].shape), list(tensor.shape)
+            return f"{name}: shape {got} in the weights, {want} in the model"
+    extra = [name for name in tensors if name not in expected]
+    return f"{extra[0]}: in the weights, not in the model" if extra else None

@@ -29,51 +29,54 @@ class AudioError(RuntimeError):
     """A file that cannot be used as audio; the message is one line naming the cause."""
 
 
-def read_audio(path: str | Path, audio: AudioConfig = DEFAULT_AUDIO) -> np.ndarray:
-    """Decode any supported file to float32 ``[audio.channels, N]`` at ``audio.sample_rate``."""
-    wave, rate = decode(path)
+def read_audio(path: str | Path, audio: AudioConfig = DEFAULT_AUDIO, stream: int = 0) -> np.ndarray:
+    """Decode any supported file (its audio stream number ``stream``) to float32 ``[audio.channels, N]``
+    at ``audio.sample_rate``."""
+    wave, rate = decode(path, stream)
     if wave.shape[1] == 0:
         raise AudioError("zero duration")
     return resample(to_channels(wave, audio.channels), rate, audio.sample_rate)
 
 
-def decode(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a file at its own rate and channel count: float32 ``[C, N]`` (a transposed view of
-    soundfile's ``[N, C]``; a contiguous copy of ffmpeg's read-only bytes) and the rate."""
+def decode(path: str | Path, stream: int = 0) -> tuple[np.ndarray, int]:
+    """Decode a file's audio stream number ``stream`` at its own rate and channel count: float32 ``[C, N]``
+    (a transposed view of soundfile's ``[N, C]``; a contiguous copy of ffmpeg's read-only bytes) and the
+    rate. Files with several audio streams (MUSDB18's ``.stem.mp4``) go through ffmpeg."""
     path = Path(path)
-    if path.suffix.lower() in SOUNDFILE_EXTS:
+    if path.suffix.lower() in SOUNDFILE_EXTS and stream == 0:
         try:
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
             raise AudioError(f"cannot decode: {str(err).strip().splitlines()[0]}") from None
         return data.T, rate
-    return _decode_ffmpeg(path)
+    return _decode_ffmpeg(path, stream)
 
 
-def ffprobe_stream(path: Path) -> tuple[int, int]:
-    """``(sample rate, channels)`` of the first audio stream of a file that ffmpeg decodes; AudioError
-    when ffmpeg is missing or there is no audio stream."""
+def ffprobe_stream(path: Path, stream: int = 0) -> tuple[int, int]:
+    """``(sample rate, channels)`` of audio stream number ``stream`` of a file that ffmpeg decodes;
+    AudioError when ffmpeg is missing or there is no such stream."""
     if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
         raise AudioError(f"{path.suffix} needs ffmpeg, which is not installed")
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate,channels",
+        ["ffprobe", "-v", "error", "-select_streams", f"a:{stream}", "-show_entries",
+         "stream=sample_rate,channels",
          "-of", "json", str(path)],
         capture_output=True, text=True,
     )
     streams = json.loads(probe.stdout or "{}").get("streams") if probe.returncode == 0 else None
     if not streams:
-        raise AudioError("cannot decode: no audio stream (ffprobe)")
+        raise AudioError(f"cannot decode: no audio stream {stream} (ffprobe)")
     return int(streams[0]["sample_rate"]), int(streams[0]["channels"])
 
 
-def ffmpeg_command(path: Path) -> list[str]:
-    """ffmpeg decoding the first audio stream of ``path`` to float32 little-endian on stdout."""
-    return ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", "0:a:0", "-f", "f32le", "-"]
+def ffmpeg_command(path: Path, stream: int = 0) -> list[str]:
+    """ffmpeg decoding audio stream number ``stream`` of ``path`` to float32 little-endian on stdout."""
+    return ["ffmpeg", "-v", "error", "-nostdin", "-i", str(path), "-map", f"0:a:{stream}", "-f", "f32le", "-"]
 
 
-def _decode_ffmpeg(path: Path) -> tuple[np.ndarray, int]:
-    rate, channels = ffprobe_stream(path)
-    out = subprocess.run(ffmpeg_command(path), capture_output=True)
+def _decode_ffmpeg(path: Path, stream: int = 0) -> tuple[np.ndarray, int]:
+    rate, channels = ffprobe_stream(path, stream)
+    out = subprocess.run(ffmpeg_command(path, stream), capture_output=True)
     if out.returncode != 0:
         reason = out.stderr.decode(errors="replace").strip().splitlines()
         raise AudioError(f"cannot decode: {reason[-1] if reason else 'ffmpeg failed'}")

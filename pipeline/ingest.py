@@ -117,9 +117,6 @@ def ingest_stems(roots, outs, cfg: Config, manifest=None, progress=True, log=pri
 def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, manifest=None,
                progress: bool = True, log: Callable[[str], None] = print) -> Summary:
     """Ingest scanned ``items`` into shards under the ``outs`` folders; see the module docstring."""
-    if cfg.ingest.segment_frames < cfg.loader.crop_frames:
-        raise IngestError(f"ingest.segment_frames ({cfg.ingest.segment_frames}) must be at least "
-                          f"loader.crop_frames ({cfg.loader.crop_frames})")
     outs = [os.path.abspath(o) for o in outs]
     for folder in outs:
         os.makedirs(folder, exist_ok=True)
@@ -154,8 +151,7 @@ def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, ma
 def _header(kind: str, cfg: Config) -> dict:
     settings = cfg.to_dict()
     return {"type": "config", "dataset": secrets.token_hex(4), "kind": kind, "audio": settings["audio"],
-            "ingest": settings["ingest"], "loader": {"crop_frames": cfg.loader.crop_frames},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "ingest": settings["ingest"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def _check_compatible(old: dict, new: dict, path: Path) -> None:
@@ -236,7 +232,7 @@ def _dedupe(items: list[dict], previous: Manifest, cfg: Config, summary: Summary
 def estimate_bytes(item: dict, cfg: Config) -> int:
     """Expected stored bytes of a track, to group tracks into shards of ``ingest.shard_bytes``."""
     audio, ingest = cfg.audio, cfg.ingest
-    files = len(item.get("files", ())) or 1
+    files = len(set(item.get("files", {}).values())) or 1
     seconds = item.get("declared") or item["size"] / FALLBACK_BYTES_PER_SECOND / files
     members = len(ingest.stems) if item["kind"] == "stems" else 1
     parts = 2 if item["kind"] == "stems" or ingest.keep_complex else 1

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.plots import show_spectrogram
 from specbert.pipeline.shards import iter_shard, read_json_records, shard_bytes
 
 
@@ -101,15 +102,12 @@ def render_png(paths, png: Path, index: int = 0) -> str:
     record = sample["record"]
     panels = _panels(sample)
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), squeeze=False)
-    seconds = record["frames"] * record["hop"] / record["sample_rate"]
-    khz = record["sample_rate"] / 2000
+    rate, n_fft, hop = record["sample_rate"], record["n_fft"], record["hop"]
     for ax, (title, magnitude) in zip(axes[:, 0], panels, strict=True):
         db = 20 * np.log10(np.maximum(magnitude.astype(np.float32), 1e-5 * record["max_magnitude"]))
-        image = ax.imshow(db, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, khz),
-                          vmin=db.max() - 100, vmax=db.max())
-        ax.set(title=title, ylabel="kHz")
-        fig.colorbar(image, ax=ax, label="dB")
-    axes[-1, 0].set_xlabel("seconds")
+        mesh = show_spectrogram(ax, db, rate, n_fft, hop, cmap="magma", vmin=db.max() - 100, vmax=db.max())
+        ax.set(title=title)
+        fig.colorbar(mesh, ax=ax, format="%+.0f dB")
     fig.suptitle(f"{record['artist']} - {record['title']} (segment {record['segment']}, {record['split']})")
     fig.tight_layout()
     fig.savefig(png, dpi=80)

@@ -4,7 +4,7 @@
     for batch in loader:
         batch = to_device(batch, "cuda")   # float16 crosses processes; float32 on the device
         ...
-    log(loader.stats())                    # {"bad_shards": 0, "bad_samples": 0, "short_segments": 0}
+    log(loader.stats())                    # {"bad_shards": 0, "bad_samples": 0, "padded_segments": 0}
 
 A batch is a dict of
 
@@ -55,6 +55,7 @@ and input (8 MB) into the batch; 0.8-1.1 ms for the target alone, so a worker fo
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -66,7 +67,7 @@ import webdataset as wds
 from specbert.configs import Config, ConfigError, from_dict
 from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
-from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.manifest import Manifest, read_manifest
 from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
 from specbert.pipeline.spectral import clip_magnitudes, model_view, peak_scale
 from specbert.pipeline.stages import (
@@ -75,11 +76,13 @@ from specbert.pipeline.stages import (
     Deferred,
     Seeds,
     Skips,
+    count_short,
     crop_start,
     each,
     interleaved,
-    long_enough,
 )
+
+log = logging.getLogger(__name__)
 
 
 class Loader:
@@ -121,7 +124,8 @@ class Loader:
         return self.epoch_batches
 
     def stats(self) -> dict[str, int]:
-        """What the workers have skipped so far: unreadable shards, undecodable samples, short segments."""
+        """What the workers have skipped so far (unreadable shards, undecodable samples) and the segments
+        shorter than a crop that they padded."""
         return {kind: sum(counts.get(kind, 0) for counts in self.skipped.values()) for kind in SKIP_KINDS}
 
 
@@ -143,6 +147,16 @@ def build_loader(shards: list[dict], task, *, batch_size: int, num_workers: int,
     stream = BatchStream(shards, task, batch_size, seed, rank, world_size, resampled, shuffle_buffer,
                          workers=num_workers)
     return Loader(stream, num_workers, epoch_batches, device, finish)
+
+
+def note_short_tracks(contents: Manifest, split: str, crop_frames: int, what: str) -> None:
+    """Log how many tracks of ``split`` are shorter than a crop (their crops are padded with silence)."""
+    short = [t for t in contents.tracks()
+             if t["status"] == "ok" and t.get("split") == split and t["frames"] < crop_frames]
+    if short:
+        log.warning("%s: %d tracks are shorter than the %d-frame crop (the shortest: %s, %d frames); their "
+                    "crops are padded with silence", what, len(short), crop_frames,
+                    min(short, key=lambda t: t["frames"])["path"], min(t["frames"] for t in short))
 
 
 def loader_config(config: Config | LoaderConfig | None, options: dict) -> LoaderConfig:
@@ -171,11 +185,13 @@ class Window:
 
     def write(self, out: torch.Tensor):
         """``out`` ``[C, model_bins, frames]`` = the model's bins of frames ``start : start + frames``,
-        divided by the peak: in [0, 1]."""
+        divided by the peak: in [0, 1]; silence (0) after the segment's end when it is shorter."""
         crop = model_view(self.spec)[:, :, self.start : self.start + out.shape[-1]]
+        n = crop.shape[-1]
         sources = range(len(crop) - 1, -1, -1) if self.swap else range(len(crop))
         for channel, source in enumerate(sources):  # no flipped copy
-            torch.mul(crop[source], peak_scale(self.peak), out=out[channel])
+            torch.mul(crop[source], peak_scale(self.peak), out=out[channel, :, :n])
+        out[..., n:] = 0.0
 
 
 def crop_halves(sample: dict, frames: int, swap: float, rng: np.random.Generator) -> dict:
@@ -231,7 +247,7 @@ class PretrainTask:
         cfg = self.cfg
         crop = partial(crop_halves, frames=cfg.crop_frames, swap=cfg.channel_swap, rng=seeds.numpy("crop"))
         return [
-            partial(long_enough, frames=cfg.crop_frames, skips=skips),
+            partial(count_short, frames=cfg.crop_frames, skips=skips),
             each(clip_to_peak),
             partial(interleaved, f=crop, times=cfg.crops_per_segment, pool=cfg.segment_pool,
                     rng=seeds.numpy("interleave")),
@@ -269,6 +285,7 @@ def build_pretrain_loader(manifest, split: str = "train", batch_size: int = 8, n
         splits = sorted({s["split"] for s in contents.shards() if s["kind"] == "spectrogram"})
         raise ConfigError(f"{manifest}: no spectrogram shards in split {split!r} "
                           f"(splits: {', '.join(splits) or 'none'})")
+    note_short_tracks(contents, split, cfg.crop_frames, f"{manifest} ({split})")
     train = split == "train"
     if not train:  # every segment once per pass
         cfg = dataclasses.replace(cfg, crops_per_segment=1, segment_pool=1)

@@ -4,7 +4,7 @@ Lines (each written whole with one ``write``, then fsync'ed; a torn last line is
 off before the next append):
 
 - ``{"type": "config", "dataset": "3fa9c2e1", "kind": "spectrogram" | "stems", "audio": {...},
-  "ingest": {...}, "loader": {"crop_frames": ...}, "created": ISO time}``: the first line.
+  "ingest": {...}, "created": ISO time}``: the first line.
 - ``{"type": "batch", "shards": [shard, ...], "tracks": [track, ...]}``: the outcome of one task (a
   shard and the tracks in it, atomically) or of a scan (failed and skipped files).
 

@@ -40,7 +40,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from specbert.pipeline.shards import decode_sample, iter_zarr_shard
 
-SKIP_KINDS = ("bad_shards", "bad_samples", "short_segments")
+SKIP_KINDS = ("bad_shards", "bad_samples", "padded_segments")  # counted per worker; padded ones are used
 MAX_EMPTY_SHARDS = 100  # consecutive shards without one readable sample: give up (all shards broken)
 MAX_BAD_SAMPLES = 200  # consecutive samples that fail to decode: give up (all samples broken)
 RING_SLOTS = 4  # batch buffers per worker: prefetch_factor (2) in flight, one being filled, one spare
@@ -48,14 +48,17 @@ IN_FLIGHT = -1  # a ring slot's batch is sent and not yet received
 
 
 class Skips:
-    """What one worker skipped, by kind (``SKIP_KINDS``); every skip also issues a RuntimeWarning."""
+    """What one worker skipped or padded, by kind (``SKIP_KINDS``); every skip also issues a RuntimeWarning
+    (a padded segment only the first time: short tracks are normal, and the manifest lists them)."""
 
     def __init__(self):
         self.counts = Counter({kind: 0 for kind in SKIP_KINDS})
 
     def add(self, kind: str, why: str):
         self.counts[kind] += 1
-        warnings.warn(f"loader skipped ({kind}): {why}", RuntimeWarning, stacklevel=2)
+        if kind != "padded_segments" or self.counts[kind] == 1:
+            warnings.warn(f"loader {'padded' if kind == 'padded_segments' else 'skipped'} ({kind}): {why}",
+                          RuntimeWarning, stacklevel=2)
 
 
 @dataclass(frozen=True)
@@ -189,18 +192,19 @@ def decode_samples(raws: Iterable[dict], skips: Skips) -> Iterator[dict]:
         yield sample
 
 
-def long_enough(samples: Iterable[dict], frames: int, skips: Skips) -> Iterator[dict]:
-    """Pass samples of at least ``frames`` frames; count the others as ``short_segments``."""
+def count_short(samples: Iterable[dict], frames: int, skips: Skips) -> Iterator[dict]:
+    """Pass every sample; count those shorter than ``frames`` (a short track: its crops are padded with
+    silence after its end) as ``padded_segments``."""
     for sample in samples:
-        if sample["record"]["frames"] >= frames:
-            yield sample
-        else:
-            skips.add("short_segments", f"{sample['key']}: {sample['record']['frames']} < {frames} frames")
+        if sample["record"]["frames"] < frames:
+            skips.add("padded_segments", f"{sample['key']}: {sample['record']['frames']} < {frames} frames, "
+                      "padded with silence")
+        yield sample
 
 
 def crop_start(length: int, frames: int, rng: np.random.Generator) -> int:
-    """A uniform random start of a ``frames`` window in ``length`` frames."""
-    return int(rng.integers(length - frames + 1))
+    """A uniform random start of a ``frames`` window in ``length`` frames (0 when the window is longer)."""
+    return int(rng.integers(max(length - frames, 0) + 1))
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ Layouts under each root:
 - MUSDB18-HQ: every folder holding ``mixture.<ext>`` is a track, with any of ``vocals, drums, bass,
   other, accompaniment``; tracks under a ``test`` folder get the split "test", the others are split
   train/validation like a library (the artist and title come from ``Artist - Title`` folder names);
+- MUSDB18 as distributed: every ``Artist - Title.stem.mp4`` is a track whose audio streams are, in
+  order, ``MUSDB_STREAMS`` (decoded by ffmpeg); splits as above;
 - paired folders: ``mixtures/`` and ``instruments/`` holding files with the same names (any audio
   extension); the instrumental is the accompaniment.
 
@@ -15,18 +17,21 @@ mixture - accompaniment. All stems of a track are trimmed to the shortest (they 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import mutagen
 import numpy as np
-import soundfile as sf
 
 from specbert.configs import Config
+from specbert.configs.audio import AudioConfig
 from specbert.pipeline.audio import AUDIO_EXTS, AudioError, read_audio
 from specbert.pipeline.scan import content_hash
 from specbert.pipeline.tracks import Track, stored_array
 
 STEM_NAMES = ("mixture", "vocals", "drums", "bass", "other", "accompaniment")
+MUSDB_STREAMS = ("mixture", "drums", "bass", "other", "vocals")  # the audio streams of a .stem.mp4
+STEM_MP4 = ".stem.mp4"
 MAX_LENGTH_MISMATCH = 1.0  # seconds
 
 
@@ -53,11 +58,17 @@ def _audio_files(folder: Path, recursive: bool) -> list[Path]:
 def _musdb_items(root: Path) -> tuple[list[dict], int]:
     items, ignored = [], 0
     for folder in sorted({p.parent for p in _audio_files(root, recursive=True)}):
-        files = {p.stem.lower(): p for p in _audio_files(folder, recursive=False)}
+        split = "test" if "test" in folder.relative_to(root).parts else None
+        paths = _audio_files(folder, recursive=False)
+        for path in paths:
+            if path.name.lower().endswith(STEM_MP4):
+                files = dict.fromkeys(MUSDB_STREAMS, str(path))
+                streams = {name: i for i, name in enumerate(MUSDB_STREAMS)}
+                items.append(_item(path, root, files, path.name[: -len(STEM_MP4)], split, streams))
+        files = {p.stem.lower(): p for p in paths if not p.name.lower().endswith(STEM_MP4)}
         stems = {name: str(p) for name, p in files.items() if name in STEM_NAMES}
         ignored += len(files) - len(stems)
         if "mixture" in stems:
-            split = "test" if "test" in folder.relative_to(root).parts else None
             items.append(_item(folder, root, stems, folder.name, split))
         else:
             ignored += len(stems)
@@ -80,10 +91,15 @@ def _paired_items(root: Path) -> tuple[list[dict], int]:
     return items, 0
 
 
-def _item(path: Path, root: Path, files: dict, name: str, split: str | None) -> dict:
-    stats = [os.stat(p) for p in files.values()]
+def _item(path: Path, root: Path, files: dict, name: str, split: str | None,
+          streams: dict | None = None) -> dict:
+    """A track's item: ``files`` maps each stem to its file, ``streams`` (when several stems share a file)
+    to its audio stream in that file."""
+    stats = [os.stat(p) for p in sorted(set(files.values()))]
     item = {"kind": "stems", "path": str(path), "root": str(root), "files": files, "name": name,
             "size": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats)}
+    if streams:
+        item["streams"] = streams
     if split:
         item["split"] = split
     if min(s.st_size for s in stats) == 0:
@@ -94,14 +110,14 @@ def _item(path: Path, root: Path, files: dict, name: str, split: str | None) -> 
 def identify(item: dict) -> dict:
     """Add ``id`` (hash of all stem files), ``artist, album, title`` (from ``Artist - Title``)."""
     try:
-        content = content_hash(item["files"][name] for name in sorted(item["files"]))
+        content = content_hash(sorted(set(item["files"].values())))
     except OSError as err:
         return {**item, "status": "failed", "reason": f"unreadable: {err.strerror or err}"}
     artist, sep, title = item["name"].partition(" - ")
     artist, title = (artist.strip(), title.strip()) if sep else ("Unknown artist", item["name"])
-    try:
-        declared = sf.info(item["files"]["mixture"]).duration  # only to plan shard sizes
-    except (sf.LibsndfileError, RuntimeError):
+    try:  # only to plan shard sizes
+        declared = mutagen.File(item["files"]["mixture"]).info.length
+    except Exception:  # mutagen raises many kinds on odd files (None has no .info): decoding will judge
         declared = None
     return {**item, "id": content, "artist": artist, "album": item["name"], "title": title,
             "declared": declared}
@@ -109,18 +125,29 @@ def identify(item: dict) -> dict:
 
 def stems_track(item: dict, cfg: Config) -> Track:
     """Read the files that ``cfg.ingest.stems`` need, align them, derive, store each as complex float16."""
-    recipes = {name: _recipe(name, set(item["files"])) for name in cfg.ingest.stems}
+    arrays, peaks, n = {}, {}, 0
+    for name, wave in stem_waves(item, cfg.ingest.stems, cfg.audio):
+        arrays[name], peaks[name] = stored_array(wave, cfg.audio, keep_complex=True)
+        n = wave.shape[1]
+    return Track(arrays, peaks["mixture"], n / cfg.audio.sample_rate)
+
+
+def stem_waves(item: dict, names: Iterable[str], audio: AudioConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, float32 [C, N])`` of each stem in ``names`` of a scanned track, read (every file or stream
+    once) or derived, all trimmed to the shortest; one new array at a time for a derived stem.
+    AudioError when the stems differ in length by more than ``MAX_LENGTH_MISMATCH`` or a stem cannot be
+    made from the files present."""
+    recipes = {name: _recipe(name, set(item["files"])) for name in names}
     needed = sorted({source for recipe in recipes.values() for _, source in recipe})
-    waves = {name: read_audio(item["files"][name], cfg.audio) for name in needed}
+    streams = item.get("streams", {})
+    waves = {name: read_audio(item["files"][name], audio, streams.get(name, 0)) for name in needed}
     lengths = {name: wave.shape[1] for name, wave in waves.items()}
-    if max(lengths.values()) - min(lengths.values()) > MAX_LENGTH_MISMATCH * cfg.audio.sample_rate:
+    if max(lengths.values()) - min(lengths.values()) > MAX_LENGTH_MISMATCH * audio.sample_rate:
         sizes = ", ".join(f"{name} {n} samples" for name, n in lengths.items())
         raise AudioError(f"stems differ in length: {sizes}")
     n = min(lengths.values())
-    arrays, peaks = {}, {}
     for name, recipe in recipes.items():
-        arrays[name], peaks[name] = stored_array(_mix(waves, recipe, n), cfg.audio, keep_complex=True)
-    return Track(arrays, peaks["mixture"], n / cfg.audio.sample_rate)
+        yield name, _mix(waves, recipe, n)
 
 
 def _mix(waves: dict[str, np.ndarray], recipe: list[tuple[int, str]], n: int) -> np.ndarray:

@@ -37,27 +37,29 @@ import torch
 
 from specbert.configs import Config, ConfigError
 from specbert.configs.finetune import FinetuneConfig
-from specbert.pipeline.loader import Loader, build_loader
-from specbert.pipeline.manifest import read_manifest
+from specbert.pipeline.loader import Loader, build_loader, note_short_tracks
+from specbert.pipeline.manifest import Manifest, read_manifest
 from specbert.pipeline.shards import to_complex
 from specbert.pipeline.spectral import max_magnitude, model_view, normalise
 from specbert.pipeline.stages import (
     BatchStream,
     Seeds,
     Skips,
+    count_short,
     crop_start,
     each,
     interleaved,
-    long_enough,
 )
 
 
 def stems_pair(stems: dict[str, np.ndarray], start: int, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Complex64 accompaniment and vocals ``[C, bins, frames]`` from frame ``start`` of decoded stems
-    (float16 ``{name: [2, C, bins, T]}``), deriving a stem that was not stored."""
+    (float16 ``{name: [2, C, bins, T]}``), deriving a stem that was not stored; silence (0) after the
+    segment's end when it is shorter."""
 
     def cut(name: str) -> np.ndarray:
-        return to_complex(stems[name][..., start : start + frames])
+        x = to_complex(stems[name][..., start : start + frames])
+        return np.pad(x, ((0, 0), (0, 0), (0, frames - x.shape[-1]))) if x.shape[-1] < frames else x
 
     if "accompaniment" in stems and "vocals" in stems:
         return cut("accompaniment"), cut("vocals")
@@ -131,16 +133,17 @@ class StemsTask:
         crop = partial(crop_stems, frames=loader.crop_frames, swap=loader.channel_swap,
                        rng=seeds.numpy("crop"))
         return [
-            partial(long_enough, frames=loader.crop_frames, skips=skips),
+            partial(count_short, frames=loader.crop_frames, skips=skips),
             partial(interleaved, f=crop, times=loader.crops_per_segment, pool=loader.segment_pool,
                     rng=seeds.numpy("interleave")),
             partial(remix, cfg=self.cfg.finetune, rng=seeds.numpy("remix")),
         ]
 
 
-def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], int]:
-    """The stems shards of ``split`` in ``manifest`` and its segment length in frames; ConfigError naming
-    the manifest when there are none or the stems cannot give a vocal/instrumental pair."""
+def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], int, Manifest]:
+    """The stems shards of ``split`` in ``manifest``, its segment length in frames and the manifest;
+    ConfigError naming the manifest when there are none or the stems cannot give a vocal/instrumental
+    pair."""
     contents = read_manifest(manifest)
     ingest = contents.config.get("ingest", {})
     stored = set(ingest.get("stems", ()))
@@ -153,16 +156,17 @@ def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], int]:
         raise ConfigError(f"{manifest}: no stems shards in split {split!r} (splits: "
                           f"{', '.join(splits) or 'none'}; set finetune.val_split, or ingest with a larger "
                           "ingest.val_fraction)")
-    return shards, ingest.get("segment_frames", 0)
+    return shards, ingest.get("segment_frames", 0), contents
 
 
 def build_stems_loader(manifest: str | Path, cfg: Config, split: str = "train", batch_size: int = 8,
                        num_workers: int = 2, seed: int = 0) -> Loader:
     """Training batches (resampled shards, ``loader.epoch_batches`` per epoch) of augmented crops."""
-    shards, segment = stems_shards(manifest, split)
+    shards, segment, contents = stems_shards(manifest, split)
     if segment < cfg.loader.crop_frames:
         raise ConfigError(f"{manifest}: segments of {segment} frames are shorter than loader.crop_frames "
                           f"({cfg.loader.crop_frames})")
+    note_short_tracks(contents, split, cfg.loader.crop_frames, f"{manifest} ({split})")
     return build_loader(shards, StemsTask(cfg, train=True), batch_size=batch_size,
                         num_workers=num_workers, seed=seed, resampled=True,
                         shuffle_buffer=cfg.loader.shuffle_buffer, epoch_batches=cfg.loader.epoch_batches,
@@ -173,7 +177,7 @@ def build_segments_loader(manifest: str | Path, cfg: Config, split: str, num_wor
                           seed: int = 0) -> Loader:
     """Every whole segment of ``split`` once, one per batch, in an order fixed by ``seed``.  Not split over
     DDP ranks: validation sets are small (often one shard), and every rank then scores the same tracks."""
-    shards, _ = stems_shards(manifest, split)
+    shards, _, _ = stems_shards(manifest, split)
     stream = BatchStream(shards, StemsTask(cfg, train=False), batch_size=1, seed=seed, rank=0,
                          world_size=1, resampled=False, shuffle_buffer=1)
     return Loader(stream, min(num_workers, len(shards)), epoch_batches=None)

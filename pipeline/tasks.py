@@ -1,8 +1,8 @@
 """What the Dask workers run: identify a batch of items, and write one shard from a group of items.
 
-Both return small JSON-able results (never audio). A file that cannot be used becomes a ``failed`` (or
-``skipped``) track with a one-line reason and never fails the task; a full disk moves the shard to the
-next folder; only "no room on any folder" fails the task.
+Both return small JSON-able results (never audio). A file that cannot be used becomes a ``failed`` track
+with a one-line reason and never fails the task; every decodable track is stored, however short; a full
+disk moves the shard to the next folder; only "no room on any folder" fails the task.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from specbert.pipeline.audio import AudioError
 from specbert.pipeline.codecs import get_codec
 from specbert.pipeline.drives import has_room, is_disk_full
 from specbert.pipeline.shards import open_shard
-from specbert.pipeline.tracks import TrackSkipped, spectrogram_track, track_samples
+from specbert.pipeline.tracks import spectrogram_track, track_samples
 
 IDENTIFY = {"spectrogram": scan.identify, "stems": stems.identify}
 LOAD = {"spectrogram": spectrogram_track, "stems": stems.stems_track}
@@ -97,8 +97,6 @@ def _write_track(writer, item: dict, cfg: Config) -> dict:
     try:
         track = LOAD[item["kind"]](item, cfg)
         samples = track_samples(item, track, cfg)
-    except TrackSkipped as err:
-        return {**item, "status": "skipped", "reason": str(err)}
     except AudioError as err:
         return {**item, "status": "failed", "reason": str(err)}
     except MemoryError:

@@ -16,10 +16,6 @@ from specbert.pipeline.spectral import max_magnitude, num_frames, stft_blocks
 FLOAT16_SAFE = 60000.0  # magnitudes above this overflow float16 (audio far above full scale)
 
 
-class TrackSkipped(Exception):
-    """A readable track that is not ingested (too short); the message is the one-line reason."""
-
-
 @dataclass
 class Track:
     """A decoded track: stored-layout arrays (see pipeline/shards.py) and what records need."""
@@ -73,19 +69,22 @@ def to_float16(array: np.ndarray, out: np.ndarray) -> None:
     torch.from_numpy(out).copy_(torch.from_numpy(array))
 
 
-def segment_bounds(frames: int, segment_frames: int, min_frames: int) -> list[tuple[int, int]]:
-    """``(start, length)`` of the segments kept: full ones, and a tail of at least ``min_frames``."""
-    bounds = [(start, min(segment_frames, frames - start)) for start in range(0, frames, segment_frames)]
-    return [(start, n) for start, n in bounds if n == segment_frames or n >= min_frames]
+def segment_bounds(frames: int, segment_frames: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of the segments that cover all ``frames``: ``segment_frames`` each, except that a
+    tail shorter than half a segment joins the segment before it. So every segment of a track of at least
+    half a segment is at least that long, and every frame is stored whatever the training crop (a loader
+    pads a segment shorter than its crop)."""
+    starts = list(range(0, frames, segment_frames))
+    if len(starts) > 1 and frames - starts[-1] < segment_frames / 2:
+        starts.pop()
+    ends = [*starts[1:], frames]
+    return [(start, end - start) for start, end in zip(starts, ends, strict=True)]
 
 
 def track_samples(item: dict, track: Track, cfg: Config) -> list[tuple[str, dict, dict]]:
-    """``(key, record, arrays)`` for each kept segment (arrays are views); TrackSkipped when none is."""
-    audio, crop = cfg.audio, cfg.loader.crop_frames
-    bounds = segment_bounds(track.frames, cfg.ingest.segment_frames, crop)
-    if not bounds:
-        raise TrackSkipped(f"too short: {track.seconds:.1f} s, under one training crop "
-                           f"({crop * audio.hop / audio.sample_rate:.1f} s)")
+    """``(key, record, arrays)`` for each segment (arrays are views)."""
+    audio = cfg.audio
+    bounds = segment_bounds(track.frames, cfg.ingest.segment_frames)
     first = next(iter(track.arrays.values()))
     base = {
         "track_id": item["id"], "artist": item["artist"], "album": item["album"], "title": item["title"],

@@ -64,6 +64,7 @@ def test_evaluate_command_reports_model_floor_and_ceiling(model_path, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "evaluation.json").read_text())
     assert (tmp_path / "out" / "evaluation.png").stat().st_size > 0
+    assert (tmp_path / "out" / "evaluation_spectrograms.png").stat().st_size > 10_000
     table = (tmp_path / "out" / "evaluation.md").read_text()
     for label in ("vocals uSDR (mean)", "instrumental museval SDR (median)", "mixture (floor)", "(ceiling)"):
         assert label in table

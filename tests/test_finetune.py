@@ -76,6 +76,18 @@ def test_the_loader_gives_remixed_crops_of_the_stems_shards(manifest):
     assert batch["mixture"].float().amax() > 0.01
 
 
+def test_a_stems_segment_shorter_than_the_crop_is_padded_with_silence(samples):
+    sample = samples[0]
+    short = {**sample, "record": {**sample["record"], "frames": 20},
+             "stems": {name: x[..., :20] for name, x in sample["stems"].items()}}
+    crop = crop_stems(short, 64, swap=0.0, rng=np.random.default_rng(0))
+    whole = stems_pair(sample["stems"], 0, 20)
+    for got, expected in zip((crop["accompaniment"], crop["vocals"]), whole, strict=True):
+        assert got.shape == (2, 1024, 64)
+        np.testing.assert_array_equal(got[..., :20], expected[:, :1024])
+        assert not got[..., 20:].any()
+
+
 def test_the_mixture_is_the_exact_sum_of_the_stems(samples):
     cfg = FinetuneConfig(remix_prob=0.0, no_vocals_prob=0.0, gain_db=0.0)
     originals = crops(samples)

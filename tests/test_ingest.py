@@ -278,3 +278,16 @@ def test_a_worker_crash_fails_only_its_file(library, tmp_path):
     assert status.pop("crash.ogg") == ("failed", "a worker died while processing it (crash or out of memory)")
     assert status == {"good.flac": ("ok", None)}
     assert summary.exit_code == 1
+
+
+def test_segments_cover_every_frame_and_a_short_tail_joins_the_segment_before():
+    from specbert.pipeline.tracks import segment_bounds
+
+    assert segment_bounds(173, 96) == [(0, 96), (96, 77)]
+    assert segment_bounds(230, 96) == [(0, 96), (96, 134)]  # a tail of 38 < 48 frames joins
+    assert segment_bounds(20, 96) == [(0, 20)]  # a track shorter than a segment is one
+    for frames in range(1, 500, 7):
+        bounds = segment_bounds(frames, 96)
+        assert [start for start, _ in bounds] == [sum(n for _, n in bounds[:i]) for i in range(len(bounds))]
+        assert sum(n for _, n in bounds) == frames
+        assert all(n >= 48 for _, n in bounds) or len(bounds) == 1

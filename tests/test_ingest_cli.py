@@ -41,20 +41,20 @@ def make_bad_files(folder: Path, good_wav: Path) -> dict:
     (folder / "whole.mp3").unlink()
     (folder / "truncated.mp3").write_bytes(mp3[: len(mp3) // 2])
     sf.write(folder / "zero.wav", np.zeros((0, 2), np.float32), 44100)
-    sf.write(folder / "short.flac", wave[:22050], 44100)
     return {"empty.flac": ("failed", "empty file"), "not audio.mp3": ("failed", "cannot decode"),
             "missing.flac": ("failed", "unreadable"), "truncated.wav": ("failed", "truncated"),
-            "truncated.mp3": ("failed", "truncated"), "zero.wav": ("failed", "zero duration"),
-            "short.flac": ("skipped", "too short")}
+            "truncated.mp3": ("failed", "truncated"), "zero.wav": ("failed", "zero duration")}
 
 
 @pytest.fixture(scope="module")
 def bad_run(tmp_path_factory):
-    """One CLI run over two good songs and one file of every bad kind."""
+    """One CLI run over two good songs, a song shorter than the training crop (0.5 s, 22 frames, against
+    64) and one file of every bad kind."""
     root = tmp_path_factory.mktemp("bad")
     good = write_example_library(root / "lib", artists=1, albums_per_artist=1, songs_per_album=2, seconds=4.0,
                                  formats=("wav", "flac"))
     bad = make_bad_files(root / "lib" / "bad", good[0])
+    sf.write(root / "lib" / "short.flac", read_audio(good[0])[:, :22050].T, 44100)
     out = specbert("ingest", root / "lib", "--out", root / "out", *SETTINGS)
     return out, bad, root / "out" / "manifest.jsonl"
 
@@ -62,23 +62,30 @@ def bad_run(tmp_path_factory):
 def test_every_bad_file_is_reported_with_its_cause_and_the_exit_code_says_so(bad_run):
     out, bad, manifest = bad_run
     assert out.returncode == 1, out.stderr
-    assert "2 ok" not in out.stdout and "ingested 2 tracks" in out.stdout and "6 failed" in out.stdout
+    assert "ingested 3 tracks" in out.stdout and "6 failed" in out.stdout and "0 skipped" in out.stdout
     status = {Path(t["path"]).name: (t["status"], t["reason"]) for t in read_manifest(manifest).tracks()}
     for name, (expected, cause) in bad.items():
         assert status[name][0] == expected and cause in status[name][1], (name, status[name])
         line = next(line for line in out.stdout.splitlines() if name in line)
         assert cause in line and line.startswith(expected)
     assert "1 non-audio files ignored" in out.stdout
+    assert "Dask LocalCluster" in out.stderr  # an INFO message: shown by default (-q hides it)
 
 
 def test_inspect_reports_counts_and_renders_a_png(bad_run, tmp_path):
     _, _, manifest = bad_run
     out = specbert("inspect", manifest, "--png", tmp_path / "sample.png")
     assert out.returncode == 0, out.stderr
-    assert "tracks: 2 ok" in out.stdout and "6 failed" in out.stdout and "samples" in out.stdout
+    assert "tracks: 3 ok" in out.stdout and "6 failed" in out.stdout and "samples" in out.stdout
     assert (tmp_path / "sample.png").stat().st_size > 10_000
     shards = specbert("inspect", *(s["path"] for s in read_manifest(manifest).shards()))
-    assert shards.returncode == 0 and "4 samples" in shards.stdout.replace("\n", " ")
+    assert shards.returncode == 0 and "5 samples" in shards.stdout.replace("\n", " ")
+
+
+def test_a_track_shorter_than_the_training_crop_is_stored_whole(bad_run):
+    _, _, manifest = bad_run
+    short = next(t for t in read_manifest(manifest).tracks() if t["path"].endswith("short.flac"))
+    assert short["status"] == "ok" and short["frames"] == 1 + 22050 // 1024 and short["segments"] == 1
 
 
 def distinct_songs(folder: Path, count: int, seconds: float = 6.0):

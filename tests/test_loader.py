@@ -101,7 +101,7 @@ def test_batches_have_the_documented_layout(tar_manifest):
     assert batch["kinds"].shape == (4, CROP // TOKEN) and batch["kinds"].dtype == torch.int8
     assert len(batch["key"]) == len(batch["track"]) == len(batch["pair_track"]) == 4
     assert 0 <= batch["target"].min() and batch["target"].max() <= 1
-    assert train.stats() == {"bad_shards": 0, "bad_samples": 0, "short_segments": 0}
+    assert train.stats() == {"bad_shards": 0, "bad_samples": 0, "padded_segments": 0}
 
 
 def test_options_are_checked(tar_manifest):
@@ -111,6 +111,29 @@ def test_options_are_checked(tar_manifest):
         loader(tar_manifest, split="val")
     with pytest.raises(ConfigError, match="shorter than crop_frames"):
         loader(tar_manifest, crop_frames=512)
+
+
+def test_a_track_shorter_than_the_crop_is_padded_with_silence_and_counted(tmp_path, caplog):
+    """Ingest stores a 1 s song (44 frames) whatever the crop; the loader pads its crops after its end."""
+    from specbert.pipeline.example_library import write_example_library
+    from specbert.pipeline.ingest import ingest_library
+
+    write_example_library(tmp_path / "library", artists=1, albums_per_artist=1, songs_per_album=1,
+                          seconds=1.0, formats=("flac",))
+    cfg = load_config("tiny", [*INGEST, "ingest.val_fraction=0"])
+    summary = ingest_library([tmp_path / "library"], [tmp_path / "shards"], cfg, progress=False,
+                             log=lambda line: None)
+    (track,) = read_manifest(summary.manifest).tracks()
+    assert track["status"] == "ok" and track["frames"] == 44 < CROP
+    with caplog.at_level("WARNING", logger="specbert.pipeline.loader"):
+        train = loader(summary.manifest, batch_size=2, epoch_batches=2, next_segment=False, channel_swap=0.0)
+    assert "1 tracks are shorter than the 128-frame crop" in caplog.text
+    batches = list(train)
+    for batch in batches:
+        target = batch["target"].float()
+        assert target[..., :44].amax(dim=(1, 2, 3)).min() > 0.1  # the song...
+        assert not target[..., 44:].any()  # ...then silence
+    assert train.stats()["padded_segments"] >= 1  # once per decoded segment
 
 
 def token_kinds(batch: dict) -> np.ndarray:

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,12 +81,13 @@ def test_streaming_stft_and_istft_equal_the_whole_signal(block):
     assert snr(wave, out) > 100
 
 
-@pytest.mark.parametrize("chunk, overlap, tta, batch, push",
-                         [(16, 0, False, 1, 7), (16, 5, True, 3, 40), (50, 49, True, 2, 1),
-                          (300, 10, False, 1, 64)])
-def test_chunked_masker_cross_fades_to_exactly_a_frame_local_network(chunk, overlap, tta, batch, push):
+@pytest.mark.parametrize("chunk, overlap, shifts, batch, push",
+                         [(16, 0, 1, 1, 7), (16, 5, 2, 3, 40), (50, 49, 2, 2, 1), (300, 10, 1, 1, 64),
+                          (16, 4, 3, 2, 9), (20, 0, 5, 4, 33)])
+def test_chunked_masker_cross_fades_to_exactly_a_frame_local_network(chunk, overlap, shifts, batch, push):
     x = np.random.default_rng(1).random((2, 8, 203), dtype=np.float32)
-    masker = ChunkedMasker(lambda b: b**2, chunk, overlap, tta, batch)
+    masker = ChunkedMasker(lambda b: b**2, chunk, overlap, shifts, batch)
+    assert len(masker.starts) == min(shifts, chunk - overlap)
     pieces = [masker.push(x[:, :, i : i + push]) for i in range(0, x.shape[2], push)]
     out = np.concatenate([*pieces, masker.finish()], axis=2)
     np.testing.assert_allclose(out, x**2, rtol=1e-5)
@@ -215,3 +217,83 @@ def test_the_separator_loads_none_of_the_training_libraries(models, tmp_path):
                          text=True, timeout=300, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[-2] == "[]", out.stdout
+
+
+SPECBERT = str(Path(sys.executable).with_name("specbert"))
+
+
+def specbert(*args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([SPECBERT, *map(str, args)], capture_output=True, text=True, timeout=300, env=env)
+
+
+def outputs(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_same_names_never_collide_and_the_output_folder_is_never_an_input(models, song, tmp_path):
+    music = tmp_path / "music"
+    for name in ("a/song.flac", "b/song.flac", "song.flac", "song.wav"):
+        (music / name).parent.mkdir(parents=True, exist_ok=True)
+        sf.write(music / name, song[:, :20000].T, 44100)
+    files = [music / "a/song.flac", music / "b/song.flac", music / "song.flac", music / "song.wav"]
+    out = music / "separated"  # inside the input folder
+    first = specbert("separate", models["local"], *files, "-o", out, "--stems", "vocals", "-d", "cpu")
+    assert first.returncode == 0, first.stderr
+    assert outputs(out) == ["a/song.flac_vocals.wav", "b/song.flac_vocals.wav", "song.flac_vocals.wav",
+                            "song.wav_vocals.wav"]
+    again = specbert("separate", models["local"], music, "-o", out, "--stems", "vocals", "-d", "cpu",
+                     "--skip-existing", "--filename", "{track}/{model}-{stem}.{ext}")
+    assert again.returncode == 0, again.stderr
+    assert outputs(out) == [  # the first run's outputs were not taken as inputs
+        "a/song.flac_vocals.wav", "a/song/local-vocals.wav", "b/song.flac_vocals.wav",
+        "b/song/local-vocals.wav", "song.flac/local-vocals.wav", "song.flac_vocals.wav",
+        "song.wav/local-vocals.wav", "song.wav_vocals.wav"]
+    before = {p: (out / p).stat().st_mtime_ns for p in outputs(out)}
+    skip = specbert("separate", models["local"], *files, "-o", out, "--stems", "vocals", "-d", "cpu",
+                    "--skip-existing")
+    assert skip.returncode == 0 and "skipped 4 inputs whose outputs exist" in skip.stderr
+    assert {p: (out / p).stat().st_mtime_ns for p in outputs(out)} == before
+    clash = specbert("separate", models["local"], *files[:2], "-o", tmp_path / "x", "--filename",
+                     "{stem}.{ext}")
+    assert clash.returncode != 0 and "the same output" in clash.stderr and "{track}" in clash.stderr
+    assert len(clash.stderr.strip().splitlines()) == 1
+
+
+def test_mp3_output_with_a_bitrate_and_24_bit_and_float_kept(models, song, tmp_path):
+    sf.write(tmp_path / "song.wav", song.T, 44100)
+    run = specbert("separate", models["ones"], tmp_path / "song.wav", "-o", tmp_path / "mp3", "--mp3",
+                   "--mp3-bitrate", "128", "-q")
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries",
+                            "stream=codec_name,sample_rate,bit_rate", "-of", "csv=p=0",
+                            str(tmp_path / "mp3" / "song_instrumental.mp3")],
+                           capture_output=True, text=True, check=True).stdout.strip().split(",")
+    assert probe[0] == "mp3" and probe[1] == "44100" and abs(int(probe[2]) - 128000) < 8000
+    decoded, rate = decode(tmp_path / "mp3" / "song_instrumental.mp3")
+    assert rate == 44100 and abs(decoded.shape[1] - song.shape[1]) < 2 * 1152  # encoder padding
+    separator = Separator(models["ones"])
+    for bits, subtype in (("24", "PCM_24"), ("float", "FLOAT")):
+        paths = separator.separate_file(tmp_path / "song.wav", tmp_path / bits, bits=bits)
+        assert sf.info(paths["vocals"]).subtype == subtype
+    assert not [p for p in tmp_path.rglob(".*partial*")]
+
+
+def test_devices_shifts_and_one_line_errors(models, song, tmp_path):
+    sf.write(tmp_path / "song.wav", song[:, :30000].T, 44100)
+    args = ["separate", models["local"], tmp_path / "song.wav", "-o", tmp_path / "out"]
+    missing = specbert(*args, "-d", f"cuda:{torch.cuda.device_count()}")
+    assert missing.returncode != 0 and "device 'cuda:" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    audio_as_model = specbert("separate", tmp_path / "song.wav", tmp_path / "song.wav")
+    assert audio_as_model.returncode != 0 and "is an audio file, not a model" in audio_as_model.stderr
+    assert len(audio_as_model.stderr.strip().splitlines()) == 1
+    wider = "model: {channels: [4, 16], encoder_blocks: [0, 0], decoder_blocks: [0]}\n"
+    (tmp_path / "wider.yaml").write_text(wider)
+    mismatch = specbert(*args, "--config", tmp_path / "wider.yaml")  # merged over the model file's config
+    assert mismatch.returncode != 0 and len(mismatch.stderr.strip().splitlines()) == 1
+    assert "first mismatch encoders.1." in mismatch.stderr and "shape [" in mismatch.stderr
+    a = Separator(models["local"], chunk_frames=48, shifts=3).separate(song, 44100)
+    b = Separator(models["local"], chunk_frames=48).separate(song, 44100)
+    for stem in a:  # a frame-local network: shifted chunks give the same masks
+        np.testing.assert_allclose(a[stem], b[stem], atol=1e-5)

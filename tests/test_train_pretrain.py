@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,12 @@ def test_pretraining_reaches_the_trivial_baselines_and_the_run_dir_shows_it(mani
     assert checkpoints == ["latest", "step_00000020", "step_00000040"]
     again = CliRunner().invoke(main, args)  # the same run directory without --resume: refused
     assert again.exit_code != 0 and "already holds checkpoints" in again.output
+    meta = json.loads((run_dir / "meta.json").read_text())
+    head = subprocess.run(["git", "-C", str(Path(__file__).parents[1]), "rev-parse", "HEAD"],
+                          capture_output=True, text=True).stdout.strip()
+    assert meta["git"]["commit"] == head and meta["specbert"] == version("specbert")
+    assert meta["torch"] == torch.__version__ and meta["cuda"] == torch.version.cuda
+    assert meta["hardware"]["cpu_cores"] == os.cpu_count() and meta["world_size"] == 1
 
 
 def spawn(args: list[str]) -> subprocess.Popen:
@@ -105,6 +112,8 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_state(manifest, tmp_path):
     resumed = spawn(pretrain_args(manifest, tmp_path / "resumed", steps) + ["--resume"])
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
+    meta = json.loads((tmp_path / "resumed/meta.json").read_text())
+    assert len(meta["resumed"]) == 1 and meta["resumed"][0]["started"] >= meta["started"]
     a, b = records(tmp_path / "straight", "train"), records(tmp_path / "resumed", "train")
     assert [r["step"] for r in b] == list(range(1, steps + 1))
     assert [r["loss"] for r in b] == pytest.approx([r["loss"] for r in a], rel=1e-5)

@@ -19,13 +19,18 @@ from matplotlib.image import imsave
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from specbert.configs.audio import AudioConfig
+from specbert.messages import progress_bars
+from specbert.pipeline.plots import show_spectrogram
+
 
 class RunLogger:
     """Rank 0's outputs; with ``enabled=False`` (other ranks) every method does nothing."""
 
-    def __init__(self, run_dir: Path, total_steps: int, start_step: int, enabled: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, start_step: int, audio: AudioConfig,
+                 enabled: bool = True):
         self.enabled = enabled
-        self.run_dir = run_dir
+        self.run_dir, self.audio = run_dir, audio
         if not enabled:
             return
         # A resumed run forgets what a killed run logged after its checkpoint.
@@ -33,7 +38,7 @@ class RunLogger:
         self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         self.jsonl = _jsonl_until(run_dir / "metrics.jsonl", start_step)
         self.bar = tqdm(total=total_steps, initial=start_step, unit="step", mininterval=1.0,
-                        dynamic_ncols=True)
+                        dynamic_ncols=True, disable=not progress_bars())
 
     def scalars(self, step: int, split: str, values: dict[str, float]) -> None:
         """``values`` to TensorBoard as ``split/name`` and to ``metrics.jsonl``."""
@@ -56,10 +61,10 @@ class RunLogger:
             self.bar.write(text)
 
     def preview(self, step: int, panels: dict[str, np.ndarray]) -> Path | None:
-        """Render 2-D panels (values in [0, 1], rows = frequency) to a PNG and to TensorBoard."""
+        """Render spectrogram panels (``[model bins, frames]``, values in [0, 1]) to a PNG and TensorBoard."""
         if not self.enabled:
             return None
-        image = render_panels(panels, title=f"step {step}")
+        image = render_panels(panels, self.audio, title=f"step {step}")
         path = self.run_dir / "previews" / f"step_{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         imsave(path, image)
@@ -87,17 +92,17 @@ def _jsonl_until(path: Path, step: int):
     return open(path, "a")  # closed in RunLogger.close()
 
 
-def render_panels(panels: dict[str, np.ndarray], title: str = "") -> np.ndarray:
-    """Stack named ``[F, T]`` images (values in [0, 1]) top to bottom; RGB ``uint8 [H, W, 3]``."""
-    fig = Figure(figsize=(10, 2.0 * len(panels) + 0.4), dpi=80)
+def render_panels(panels: dict[str, np.ndarray], audio: AudioConfig, title: str = "") -> np.ndarray:
+    """Stack named spectrogram images ``[bins, frames]`` (values in [0, 1]) top to bottom, with time and
+    frequency axes; RGB ``uint8 [H, W, 3]``."""
+    fig = Figure(figsize=(10, 2.2 * len(panels) + 0.4), dpi=80)
     canvas = FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (name, panel) in zip(axes, panels.items(), strict=True):
-        ax.imshow(panel, origin="lower", aspect="auto", vmin=0.0, vmax=1.0, cmap="magma",
-                  interpolation="nearest")
-        ax.set_ylabel(name)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        show_spectrogram(ax, panel, audio.sample_rate, audio.n_fft, audio.hop, vmin=0.0, vmax=1.0,
+                         cmap="magma")
+        ax.set_title(name, fontsize="medium")
+        ax.label_outer()
     fig.suptitle(title)
     fig.tight_layout()
     canvas.draw()

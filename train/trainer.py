@@ -26,6 +26,7 @@ import yaml
 from torch import Tensor, nn
 
 from specbert.configs import Config
+from specbert.provenance import write_meta
 from specbert.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from specbert.train.distributed import (
     Dist,
@@ -180,7 +181,9 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        log = RunLogger(self.run_dir, self.tc.steps, self.progress.step, enabled=self.dist.is_main)
+            write_meta(self.run_dir, self.dist.world_size)
+        log = RunLogger(self.run_dir, self.tc.steps, self.progress.step, self.cfg.audio,
+                        enabled=self.dist.is_main)
         try:
             # Loader workers forked inside inherit the handlers: a signal to the whole process group
             # (Ctrl-C, a cluster's SIGTERM) does not kill them under the trainer's feet.

@@ -32,7 +32,20 @@ from specbert.pipeline.codecs import get_codec
 from specbert.pipeline.drives import Rotation
 from specbert.pipeline.manifest import Manifest, ManifestError, ManifestWriter
 from specbert.pipeline.scan import assign_split, scan_library
-from specbert.pipeline.shards import SHARD_NAME, remove_shard, shard_name
+from specbert.pipeline.schema import (
+    BATCH_LINE,
+    CONFIG_LINE,
+    FAILED,
+    OK,
+    SHARD_NAME,
+    SKIPPED,
+    SPECTROGRAM,
+    STEMS,
+    BatchLine,
+    ManifestConfig,
+    shard_name,
+)
+from specbert.pipeline.shards import remove_shard
 from specbert.pipeline.stems import scan_stems
 from specbert.pipeline.tasks import ShardJob, identify_batch, one_line, write_shard
 
@@ -76,19 +89,19 @@ class Summary:
             self.bytes += shard["bytes"]
         for track in tracks:
             self.counts[track["status"]] += 1
-            if track["status"] == "ok":
+            if track["status"] == OK:
                 self.seconds += track["duration"]
             elif not str(track["reason"]).startswith("duplicate of"):
                 self.problems.append(f"{track['status']}: {track['path']}: {track['reason']}")
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.counts["failed"] else 0
+        return 1 if self.counts[FAILED] else 0
 
     def lines(self) -> list[str]:
         c = self.counts
-        out = [f"ingested {c['ok']} tracks ({self.seconds / 3600:.2f} h) into {self.shards} shards "
-               f"({self.bytes / 1e9:.2f} GB); {c['skipped']} skipped, {c['failed']} failed, {self.already} "
+        out = [f"ingested {c[OK]} tracks ({self.seconds / 3600:.2f} h) into {self.shards} shards "
+               f"({self.bytes / 1e9:.2f} GB); {c[SKIPPED]} skipped, {c[FAILED]} failed, {self.already} "
                f"already done; {self.ignored} non-audio files ignored; {self.removed} stale shard files "
                "removed",
                f"manifest: {self.manifest}"]
@@ -105,13 +118,13 @@ class IngestError(RuntimeError):
 def ingest_library(roots, outs, cfg: Config, manifest=None, progress=True, log=print) -> Summary:
     """``specbert ingest``: every audio file under ``roots`` into spectrogram shards in ``outs``."""
     items, ignored = scan_library(roots)
-    return run_ingest("spectrogram", items, ignored, outs, cfg, manifest, progress, log)
+    return run_ingest(SPECTROGRAM, items, ignored, outs, cfg, manifest, progress, log)
 
 
 def ingest_stems(roots, outs, cfg: Config, manifest=None, progress=True, log=print) -> Summary:
     """``specbert ingest-stems``: stems datasets under ``roots`` into complex stems shards."""
     items, ignored = scan_stems(roots)
-    return run_ingest("stems", items, ignored, outs, cfg, manifest, progress, log)
+    return run_ingest(STEMS, items, ignored, outs, cfg, manifest, progress, log)
 
 
 def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, manifest=None,
@@ -137,7 +150,7 @@ def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, ma
         pending, more = _dedupe(known, previous, cfg, summary)
         settled += more
         if settled:
-            writer.append({"type": "batch", "shards": [], "tracks": settled})
+            writer.append(BatchLine(type=BATCH_LINE, shards=[], tracks=settled))
             summary.add([], settled)
         if pending:
             try:
@@ -148,10 +161,10 @@ def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, ma
     return summary
 
 
-def _header(kind: str, cfg: Config) -> dict:
+def _header(kind: str, cfg: Config) -> ManifestConfig:
     settings = cfg.to_dict()
-    return {"type": "config", "dataset": secrets.token_hex(4), "kind": kind, "audio": settings["audio"],
-            "ingest": settings["ingest"], "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    return ManifestConfig(type=CONFIG_LINE, dataset=secrets.token_hex(4), kind=kind, audio=settings["audio"],
+                          ingest=settings["ingest"], created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 
 
 def _check_compatible(old: dict, new: dict, path: Path) -> None:
@@ -181,9 +194,9 @@ def _triage(items: list[dict], previous: Manifest, summary: Summary) -> tuple[li
     for item in items:
         old = previous.track(item["path"])
         same = old is not None and _fingerprint(old) == _fingerprint(item)
-        if same and old["status"] in ("ok", "skipped"):
+        if same and old["status"] in (OK, SKIPPED):
             summary.already += 1
-        elif item.get("status") == "failed":
+        elif item.get("status") == FAILED:
             settled.append(item)
         elif same and "id" in old:
             known.append({**item, **{key: old[key] for key in IDENTITY if key in old}})
@@ -208,11 +221,11 @@ def _fingerprint(item: dict) -> tuple:
 
 def _dedupe(items: list[dict], previous: Manifest, cfg: Config, summary: Summary) -> tuple[list, list]:
     """(items to ingest, with their split; failed or duplicate items, settled)."""
-    done = {t["id"]: t for t in previous.tracks() if t["status"] == "ok"}
+    done = {t["id"]: t for t in previous.tracks() if t["status"] == OK}
     first: dict[str, str] = {}
     pending, settled = [], []
     for item in sorted(items, key=lambda i: i["path"]):
-        if item.get("status") == "failed":
+        if item.get("status") == FAILED:
             settled.append(item)
             continue
         if item["id"] in done and done[item["id"]]["path"] == item["path"]:  # touched, same content
@@ -220,7 +233,7 @@ def _dedupe(items: list[dict], previous: Manifest, cfg: Config, summary: Summary
             continue
         original = done[item["id"]]["path"] if item["id"] in done else first.get(item["id"])
         if original is not None:
-            settled.append({**item, "status": "skipped", "reason": f"duplicate of {original}"})
+            settled.append({**item, "status": SKIPPED, "reason": f"duplicate of {original}"})
             continue
         first[item["id"]] = item["path"]
         split = item.get("split") or assign_split(item["artist"], item["album"], cfg.ingest.val_fraction,
@@ -234,8 +247,8 @@ def estimate_bytes(item: dict, cfg: Config) -> int:
     audio, ingest = cfg.audio, cfg.ingest
     files = len(set(item.get("files", {}).values())) or 1
     seconds = item.get("declared") or item["size"] / FALLBACK_BYTES_PER_SECOND / files
-    members = len(ingest.stems) if item["kind"] == "stems" else 1
-    parts = 2 if item["kind"] == "stems" or ingest.keep_complex else 1
+    members = len(ingest.stems) if item["kind"] == STEMS else 1
+    parts = 2 if item["kind"] == STEMS or ingest.keep_complex else 1
     raw = seconds * audio.frames_per_second * audio.channels * audio.bins * 2 * parts * members
     return int(raw * get_codec(ingest.codec).typical_ratio)
 
@@ -298,13 +311,13 @@ def _run(client, pending, rotation, cfg, previous, writer, summary, progress) ->
             for folder in result.get("full", []):
                 rotation.drop(folder)
             shards = [result["shard"]] if result["shard"] else []
-            writer.append({"type": "batch", "shards": shards, "tracks": result["tracks"]})
+            writer.append(BatchLine(type=BATCH_LINE, shards=shards, tracks=result["tracks"]))
             summary.add(shards, result["tracks"])
             bar.update(len(job.items))
 
 
 def _failed(job: ShardJob, reason: str) -> dict:
-    return {"shard": None, "tracks": [{**item, "status": "failed", "reason": reason} for item in job.items]}
+    return {"shard": None, "tracks": [{**item, "status": FAILED, "reason": reason} for item in job.items]}
 
 
 def _worker_count(client) -> int:

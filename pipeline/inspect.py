@@ -10,6 +10,7 @@ import numpy as np
 
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.plots import show_spectrogram
+from specbert.pipeline.schema import COMPLEX, OK
 from specbert.pipeline.shards import iter_shard, read_json_records, shard_bytes
 
 
@@ -47,7 +48,7 @@ def describe_manifest(path: Path) -> list[str]:
     m = read_manifest(path)
     cfg, tracks = m.config, m.tracks()
     status = Counter(t["status"] for t in tracks)
-    ok_seconds = sum(t["duration"] for t in tracks if t["status"] == "ok")
+    ok_seconds = sum(t["duration"] for t in tracks if t["status"] == OK)
     codec = cfg.get("ingest", {}).get("codec")
     lines = [f"{path}: dataset {cfg.get('dataset')} ({cfg.get('kind')}, codec {codec})",
              f"tracks: {status['ok']} ok ({ok_seconds / 3600:.2f} h), {status['skipped']} skipped, "
@@ -60,7 +61,7 @@ def describe_manifest(path: Path) -> list[str]:
         lines.append(f"  {split}: {held} tracks, {hours:.2f} h, {len(shards)} shards, {samples} samples, "
                      f"{_size(size, hours)}")
     lines += [f"  {t['status']}: {t['path']}: {t['reason']}" for t in tracks
-              if t["status"] != "ok" and not str(t["reason"]).startswith("duplicate of")]
+              if t["status"] != OK and not str(t["reason"]).startswith("duplicate of")]
     return lines
 
 
@@ -119,7 +120,7 @@ def _panels(sample: dict) -> list[tuple[str, np.ndarray]]:
     """(title, magnitude [bins, frames]) for each channel, or the left channel of each stem."""
     if "stems" in sample:
         return [(f"{name} (left)", _magnitude(spec)[0]) for name, spec in sample["stems"].items()]
-    spec = _magnitude(sample["spec"]) if sample["record"]["layout"] == "complex" else sample["spec"]
+    spec = _magnitude(sample["spec"]) if sample["record"]["layout"] == COMPLEX else sample["spec"]
     return [(f"channel {c}", spec[c]) for c in range(spec.shape[0])]
 
 

@@ -69,6 +69,7 @@ from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
 from specbert.pipeline.manifest import Manifest, read_manifest
 from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
+from specbert.pipeline.schema import OK, SPECTROGRAM, TRAIN
 from specbert.pipeline.spectral import clip_magnitudes, model_view, peak_scale
 from specbert.pipeline.stages import (
     SKIP_KINDS,
@@ -152,7 +153,7 @@ def build_loader(shards: list[dict], task, *, batch_size: int, num_workers: int,
 def note_short_tracks(contents: Manifest, split: str, crop_frames: int, what: str) -> None:
     """Log how many tracks of ``split`` are shorter than a crop (their crops are padded with silence)."""
     short = [t for t in contents.tracks()
-             if t["status"] == "ok" and t.get("split") == split and t["frames"] < crop_frames]
+             if t["status"] == OK and t.get("split") == split and t["frames"] < crop_frames]
     if short:
         log.warning("%s: %d tracks are shorter than the %d-frame crop (the shortest: %s, %d frames); their "
                     "crops are padded with silence", what, len(short), crop_frames,
@@ -257,7 +258,7 @@ class PretrainTask:
         ]
 
 
-def build_pretrain_loader(manifest, split: str = "train", batch_size: int = 8, num_workers: int = 2,
+def build_pretrain_loader(manifest, split: str = TRAIN, batch_size: int = 8, num_workers: int = 2,
                           seed: int = 0, config: Config | LoaderConfig | None = None,
                           device: torch.device | str | None = None, input_on_device: bool | None = None,
                           **options) -> Loader:
@@ -280,13 +281,13 @@ def build_pretrain_loader(manifest, split: str = "train", batch_size: int = 8, n
     if segment < cfg.crop_frames:
         raise ConfigError(f"{manifest}: segments of {segment} frames are shorter than crop_frames "
                           f"({cfg.crop_frames})")
-    shards = [s for s in contents.shards(split) if s["kind"] == "spectrogram"]
+    shards = [s for s in contents.shards(split) if s["kind"] == SPECTROGRAM]
     if not shards:
-        splits = sorted({s["split"] for s in contents.shards() if s["kind"] == "spectrogram"})
+        splits = sorted({s["split"] for s in contents.shards() if s["kind"] == SPECTROGRAM})
         raise ConfigError(f"{manifest}: no spectrogram shards in split {split!r} "
                           f"(splits: {', '.join(splits) or 'none'})")
     note_short_tracks(contents, split, cfg.crop_frames, f"{manifest} ({split})")
-    train = split == "train"
+    train = split == TRAIN
     if not train:  # every segment once per pass
         cfg = dataclasses.replace(cfg, crops_per_segment=1, segment_pool=1)
     if input_on_device is None:

@@ -1,18 +1,12 @@
 """The dataset manifest: one append-only JSONL file per dataset (default ``<first --out>/manifest.jsonl``).
 
 Lines (each written whole with one ``write``, then fsync'ed; a torn last line is ignored on read and cut
-off before the next append):
+off before the next append), as ``pipeline.schema`` defines them:
 
-- ``{"type": "config", "dataset": "3fa9c2e1", "kind": "spectrogram" | "stems", "audio": {...},
-  "ingest": {...}, "created": ISO time}``: the first line.
-- ``{"type": "batch", "shards": [shard, ...], "tracks": [track, ...]}``: the outcome of one task (a
-  shard and the tracks in it, atomically) or of a scan (failed and skipped files).
+- ``ManifestConfig`` (``"type": "config"``): the first line, what the dataset is and its settings;
+- ``BatchLine`` (``"type": "batch"``): the outcome of one task (a ``ShardEntry`` and the
+  ``TrackEntry``s in it, atomically) or of a scan (failed and skipped files).
 
-shard: ``path`` (absolute), ``split``, ``format`` ("tar" | "zarr"), ``kind``, ``codec``, ``tracks``,
-``samples``, ``frames``, ``bytes``.
-track: ``id`` (content hash; the sample keys start with it), ``kind``, ``path``, ``size``, ``mtime_ns``,
-``status`` ("ok" | "skipped" | "failed"), ``reason``, ``artist``, ``album``, ``title``, ``split``,
-``duration`` (s), ``frames``, ``segments``, ``max_magnitude``, ``shards`` (paths); stems add ``files``.
 The last entry of a path wins (a failed file is retried by the next run).
 """
 
@@ -22,6 +16,8 @@ import fcntl
 import json
 import os
 from pathlib import Path
+
+from specbert.pipeline.schema import BATCH_LINE, CONFIG_LINE, ManifestConfig, ShardEntry, TrackEntry
 
 
 class ManifestError(RuntimeError):
@@ -33,24 +29,24 @@ class Manifest:
 
     def __init__(self, path: Path, lines: list[dict]):
         self.path = Path(path)
-        configs = [line for line in lines if line.get("type") == "config"]
-        self.config: dict = configs[0] if configs else {}
-        self._shards: dict[str, dict] = {}
-        self._tracks: dict[str, dict] = {}
+        configs = [line for line in lines if line.get("type") == CONFIG_LINE]
+        self.config: ManifestConfig | dict = configs[0] if configs else {}
+        self._shards: dict[str, ShardEntry] = {}
+        self._tracks: dict[str, TrackEntry] = {}
         for line in lines:
-            if line.get("type") == "batch":
+            if line.get("type") == BATCH_LINE:
                 self._shards.update((s["path"], s) for s in line["shards"])
                 self._tracks.update((t["path"], t) for t in line["tracks"])
 
-    def shards(self, split: str | None = None) -> list[dict]:
+    def shards(self, split: str | None = None) -> list[ShardEntry]:
         """Shards in the order written, optionally of one split."""
         return [s for s in self._shards.values() if split is None or s["split"] == split]
 
-    def tracks(self) -> list[dict]:
+    def tracks(self) -> list[TrackEntry]:
         """The latest entry of every source path."""
         return list(self._tracks.values())
 
-    def track(self, path: str) -> dict | None:
+    def track(self, path: str) -> TrackEntry | None:
         return self._tracks.get(path)
 
 

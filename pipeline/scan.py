@@ -18,6 +18,7 @@ from pathlib import Path
 import mutagen
 
 from specbert.pipeline.audio import AUDIO_EXTS
+from specbert.pipeline.schema import FAILED, SPECTROGRAM, TRAIN, VALIDATION
 
 HASH_CHUNK = 1 << 20
 
@@ -58,14 +59,14 @@ def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
 
 
 def _stat_item(path: Path, root: Path) -> dict:
-    item = {"kind": "spectrogram", "path": str(path), "root": str(root)}
+    item = {"kind": SPECTROGRAM, "path": str(path), "root": str(root)}
     try:
         st = os.stat(path)
     except OSError as err:
-        return {**item, "status": "failed", "reason": f"unreadable: {err.strerror}"}
+        return {**item, "status": FAILED, "reason": f"unreadable: {err.strerror}"}
     item.update(size=st.st_size, mtime_ns=st.st_mtime_ns)
     if st.st_size == 0:
-        item.update(status="failed", reason="empty file")
+        item.update(status=FAILED, reason="empty file")
     return item
 
 
@@ -74,7 +75,7 @@ def identify(item: dict) -> dict:
     try:
         content = content_hash([item["path"]])
     except OSError as err:
-        return {**item, "status": "failed", "reason": f"unreadable: {err.strerror or err}"}
+        return {**item, "status": FAILED, "reason": f"unreadable: {err.strerror or err}"}
     return {**item, "id": content, **read_tags(Path(item["path"]), Path(item["root"]))}
 
 
@@ -113,7 +114,7 @@ def read_tags(path: Path, root: Path) -> dict:
 
 
 def assign_split(artist: str, album: str, val_fraction: float, split_by: str) -> str:
-    """``"train"`` or ``"validation"`` from a stable hash of the artist (or artist + album)."""
+    """``TRAIN`` or ``VALIDATION`` from a stable hash of the artist (or artist + album)."""
     key = artist if split_by == "artist" else f"{artist}\x00{album}"
     digest = hashlib.blake2b(key.strip().casefold().encode(), digest_size=8).digest()
-    return "validation" if int.from_bytes(digest, "big") / 2**64 < val_fraction else "train"
+    return VALIDATION if int.from_bytes(digest, "big") / 2**64 < val_fraction else TRAIN

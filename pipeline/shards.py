@@ -1,28 +1,11 @@
-"""The shard schema (the one place that defines it), shard writers and readers.
+"""Shard writers and readers (what a sample holds, its record and the file names: ``pipeline.schema``).
 
-Sample: one segment of one track, key ``<track_id>_<segment:04d>`` (16 hex digits, no dots).
+``decode_sample`` returns a ``schema.DecodedSample``: float16 views of the stored members in the
+project's order.  Decoding a segment costs more than cropping it, so a loader should take more than
+one crop per decoded segment.
 
-Record (``<key>.json`` in tar; the ``record`` attribute in zarr):
-    track_id, artist, album, title, split, source (file or stems folder), segment, segments,
-    start_frame, frames, duration (track seconds), sample_rate, n_fft, hop, max_magnitude (the
-    track's max |STFT|, of the mixture for stems: normalise crops by it), kind ("spectrogram" |
-    "stems"), layout ("magnitude" | "complex"), codec (pipeline/codecs.py), checksum (of the tar
-    members' bytes, ``codecs.CHECKSUM``; absent in shards from before Nov 2026), members (data
-    member names), shape (stored shape of each member).
-
-Data members: ``spec`` for a spectrogram sample, one per stem (``mixture``, ``vocals``, ...) for a
-stems sample. Stored time-major (what the STFT produces, no transposes on either side):
-magnitude float16 ``[C, frames, bins]``, complex float16 ``[C, frames, bins, 2 (re, im)]``.
-
-``decode_sample`` returns ``{"key", "record", ...}`` with float16 *views* in the project's order (crop
-along the last axis, then convert; ``to_complex`` makes complex64). Decoding a 2048-frame magnitude
-segment takes ~12 ms on one core here, so a loader should take more than one crop per decoded segment:
-    magnitude        {"spec": [C, bins, frames]}
-    complex          {"spec": [2 (re, im), C, bins, frames]}
-    stems            {"stems": {name: [2 (re, im), C, bins, frames]}}   (stems are always complex)
-
-Files: ``<split>-<seq:06d>-<dataset>.tar|.zarr`` (``stems-`` prefix for stems datasets), written as
-``.<name>.partial`` in the same folder, fsync'ed and renamed when complete.
+Files (``schema.shard_name``) are written as ``.<name>.partial`` in the same folder, fsync'ed and
+renamed when complete.
 - tar (read by webdataset): ``<key>.json`` + ``<key>.<member>`` holding ``codec.encode`` bytes (no
   pickles); written with the standard library's tarfile, so writers need not import webdataset.
 - zarr v3: one group per shard, one subgroup per sample (attribute ``record``) with one float16 array
@@ -37,7 +20,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -47,31 +29,21 @@ import numpy as np
 from numcodecs import blosc
 
 from specbert.pipeline.codecs import Codec, crc32c, get_codec, zarr_compressors
+from specbert.pipeline.schema import STEMS, TAR, ZARR, DecodedSample, SampleRecord
 
 ZARR_CHUNK_FRAMES = 1024  # one training crop touches <= 2 chunks; reads 18 % less CPU than 256
 # bytes tarfile copies per write: a whole member (in memory already) in one write; tarfile's default
 # of 16 KB takes 2.7x the time to write a 1.5 MB member
 _MEMBER_WRITE = 1 << 30
-SHARD_NAME = re.compile(r"(stems-)?(train|validation|test)-(\d{6})-([0-9a-f]{8})\.(tar|zarr)")
-
-
-def shard_name(kind: str, split: str, seq: int, dataset: str, fmt: str) -> str:
-    """``train-000012-3fa9c2e1.tar`` (``stems-`` prefix for stems)."""
-    return f"{'stems-' if kind == 'stems' else ''}{split}-{seq:06d}-{dataset}.{fmt}"
-
 
 def partial_path(path: Path) -> Path:
     """Where ``path`` is written before it is complete (hidden, same folder)."""
     return path.with_name(f".{path.name}.partial")
 
 
-def sample_key(track_id: str, segment: int) -> str:
-    return f"{track_id}_{segment:04d}"
-
-
 def open_shard(path: Path, fmt: str, codec: Codec):
     """A writer for a new shard at ``path`` (written under its partial name until ``commit``)."""
-    return {"tar": TarShard, "zarr": ZarrShard}[fmt](Path(path), codec)
+    return {TAR: TarShard, ZARR: ZarrShard}[fmt](Path(path), codec)
 
 
 class TarShard:
@@ -83,7 +55,7 @@ class TarShard:
         self._tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.USTAR_FORMAT,
                                  copybufsize=_MEMBER_WRITE)
 
-    def write(self, key: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
+    def write(self, key: str, record: SampleRecord, arrays: dict[str, np.ndarray]) -> None:
         """Add one sample: ``arrays`` maps member names to stored-layout float16 arrays."""
         self._add(f"{key}.json", json.dumps(record).encode())
         for name, array in arrays.items():
@@ -119,7 +91,7 @@ class ZarrShard:
         self.path, self.codec, self.temp = path, codec, partial_path(path)
         self._root = zarr.open_group(self.temp, mode="w", zarr_format=3)
 
-    def write(self, key: str, record: dict, arrays: dict[str, np.ndarray]) -> None:
+    def write(self, key: str, record: SampleRecord, arrays: dict[str, np.ndarray]) -> None:
         group = self._root.create_group(key, attributes={"record": record})
         for name, array in arrays.items():
             chunks = (array.shape[0], ZARR_CHUNK_FRAMES, *array.shape[2:])
@@ -170,10 +142,10 @@ def remove_shard(path: Path) -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def decode_sample(raw: dict) -> dict:
+def decode_sample(raw: dict) -> DecodedSample:
     """A raw sample (from ``webdataset.WebDataset`` or ``iter_zarr_shard``) -> ``{"key", "record",
-    "spec"}`` or ``{"key", "record", "stems"}`` with float16 views as in the module docstring."""
-    record = json.loads(raw["json"])
+    "spec"}`` or ``{"key", "record", "stems"}`` with float16 views (``pipeline.schema``)."""
+    record: SampleRecord = json.loads(raw["json"])
     codec = get_codec(record["codec"])
     views = {}
     for name in record["members"]:
@@ -181,8 +153,8 @@ def decode_sample(raw: dict) -> dict:
         stored = value if isinstance(value, np.ndarray) else \
             codec.decode(value, record["shape"], checksum=record.get("checksum"))
         views[name] = stored.transpose(0, 2, 1) if stored.ndim == 3 else stored.transpose(3, 0, 2, 1)
-    out = {"key": raw["__key__"], "record": record}
-    if record["kind"] == "stems":
+    out = DecodedSample(key=raw["__key__"], record=record)
+    if record["kind"] == STEMS:
         out["stems"] = views
     else:
         out["spec"] = views["spec"]

@@ -38,6 +38,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
+from specbert.pipeline.schema import ZARR
 from specbert.pipeline.shards import decode_sample, iter_zarr_shard
 
 SKIP_KINDS = ("bad_shards", "bad_samples", "padded_segments")  # counted per worker; padded ones are used
@@ -144,7 +145,7 @@ def tar_samples(path: str) -> Iterator[dict]:
 
 def open_shard(shard: dict) -> Iterator[dict]:
     """Raw samples of one manifest shard, tar or zarr, in the form ``decode_sample`` takes."""
-    if shard["format"] == "zarr":
+    if shard["format"] == ZARR:
         return iter_zarr_shard(shard["path"])
     return tar_samples(shard["path"])
 

@@ -27,6 +27,7 @@ from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
 from specbert.pipeline.audio import AUDIO_EXTS, AudioError, read_audio
 from specbert.pipeline.scan import content_hash
+from specbert.pipeline.schema import FAILED, STEMS, TEST
 from specbert.pipeline.tracks import Track, stored_array
 
 STEM_NAMES = ("mixture", "vocals", "drums", "bass", "other", "accompaniment")
@@ -58,7 +59,7 @@ def _audio_files(folder: Path, recursive: bool) -> list[Path]:
 def _musdb_items(root: Path) -> tuple[list[dict], int]:
     items, ignored = [], 0
     for folder in sorted({p.parent for p in _audio_files(root, recursive=True)}):
-        split = "test" if "test" in folder.relative_to(root).parts else None
+        split = TEST if "test" in folder.relative_to(root).parts else None
         paths = _audio_files(folder, recursive=False)
         for path in paths:
             if path.name.lower().endswith(STEM_MP4):
@@ -86,7 +87,7 @@ def _paired_items(root: Path) -> tuple[list[dict], int]:
         else:
             lonely = mixtures.get(name) or instruments[name]
             other = "instruments" if name in mixtures else "mixtures"
-            items.append({"kind": "stems", "path": str(lonely), "root": str(root), "status": "failed",
+            items.append({"kind": STEMS, "path": str(lonely), "root": str(root), "status": FAILED,
                           "reason": f"no file named {name}.* in {other}/"})
     return items, 0
 
@@ -96,14 +97,14 @@ def _item(path: Path, root: Path, files: dict, name: str, split: str | None,
     """A track's item: ``files`` maps each stem to its file, ``streams`` (when several stems share a file)
     to its audio stream in that file."""
     stats = [os.stat(p) for p in sorted(set(files.values()))]
-    item = {"kind": "stems", "path": str(path), "root": str(root), "files": files, "name": name,
+    item = {"kind": STEMS, "path": str(path), "root": str(root), "files": files, "name": name,
             "size": sum(s.st_size for s in stats), "mtime_ns": max(s.st_mtime_ns for s in stats)}
     if streams:
         item["streams"] = streams
     if split:
         item["split"] = split
     if min(s.st_size for s in stats) == 0:
-        item.update(status="failed", reason="empty file among the stems")
+        item.update(status=FAILED, reason="empty file among the stems")
     return item
 
 
@@ -112,7 +113,7 @@ def identify(item: dict) -> dict:
     try:
         content = content_hash(sorted(set(item["files"].values())))
     except OSError as err:
-        return {**item, "status": "failed", "reason": f"unreadable: {err.strerror or err}"}
+        return {**item, "status": FAILED, "reason": f"unreadable: {err.strerror or err}"}
     artist, sep, title = item["name"].partition(" - ")
     artist, title = (artist.strip(), title.strip()) if sep else ("Unknown artist", item["name"])
     try:  # only to plan shard sizes

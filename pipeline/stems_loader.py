@@ -39,6 +39,7 @@ from specbert.configs import Config, ConfigError
 from specbert.configs.finetune import FinetuneConfig
 from specbert.pipeline.loader import Loader, build_loader, note_short_tracks
 from specbert.pipeline.manifest import Manifest, read_manifest
+from specbert.pipeline.schema import STEMS, TRAIN
 from specbert.pipeline.shards import to_complex
 from specbert.pipeline.spectral import max_magnitude, model_view, normalise
 from specbert.pipeline.stages import (
@@ -147,19 +148,19 @@ def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], int, Man
     contents = read_manifest(manifest)
     ingest = contents.config.get("ingest", {})
     stored = set(ingest.get("stems", ()))
-    if contents.config.get("kind") != "stems" or not stored & {"accompaniment", "vocals"}:
+    if contents.config.get("kind") != STEMS or not stored & {"accompaniment", "vocals"}:
         raise ConfigError(f"{manifest}: not a stems manifest with vocals or accompaniment "
                           "(write one with `specbert ingest-stems`)")
-    shards = [s for s in contents.shards(split) if s["kind"] == "stems"]
+    shards = [s for s in contents.shards(split) if s["kind"] == STEMS]
     if not shards:
-        splits = sorted({s["split"] for s in contents.shards() if s["kind"] == "stems"})
+        splits = sorted({s["split"] for s in contents.shards() if s["kind"] == STEMS})
         raise ConfigError(f"{manifest}: no stems shards in split {split!r} (splits: "
                           f"{', '.join(splits) or 'none'}; set finetune.val_split, or ingest with a larger "
                           "ingest.val_fraction)")
     return shards, ingest.get("segment_frames", 0), contents
 
 
-def build_stems_loader(manifest: str | Path, cfg: Config, split: str = "train", batch_size: int = 8,
+def build_stems_loader(manifest: str | Path, cfg: Config, split: str = TRAIN, batch_size: int = 8,
                        num_workers: int = 2, seed: int = 0) -> Loader:
     """Training batches (resampled shards, ``loader.epoch_batches`` per epoch) of augmented crops."""
     shards, segment, contents = stems_shards(manifest, split)

@@ -15,11 +15,12 @@ from specbert.pipeline import scan, stems
 from specbert.pipeline.audio import AudioError
 from specbert.pipeline.codecs import get_codec
 from specbert.pipeline.drives import has_room, is_disk_full
+from specbert.pipeline.schema import FAILED, OK, SPECTROGRAM, STEMS, ShardEntry, TrackEntry
 from specbert.pipeline.shards import open_shard
 from specbert.pipeline.tracks import spectrogram_track, track_samples
 
-IDENTIFY = {"spectrogram": scan.identify, "stems": stems.identify}
-LOAD = {"spectrogram": spectrogram_track, "stems": stems.stems_track}
+IDENTIFY = {SPECTROGRAM: scan.identify, STEMS: stems.identify}
+LOAD = {SPECTROGRAM: spectrogram_track, STEMS: stems.stems_track}
 
 
 class NoRoom(RuntimeError):
@@ -75,7 +76,7 @@ def _write(path: Path, job: ShardJob, cfg: Config) -> dict:
     writer = open_shard(path, cfg.ingest.format, get_codec(cfg.ingest.codec))
     try:
         tracks = [_write_track(writer, item, cfg) for item in job.items]
-        done = [t for t in tracks if t["status"] == "ok"]
+        done = [t for t in tracks if t["status"] == OK]
         if not done:
             writer.abort()
             return {"shard": None, "tracks": tracks}
@@ -85,28 +86,28 @@ def _write(path: Path, job: ShardJob, cfg: Config) -> dict:
         raise
     for track in done:
         track["shards"] = [str(path)]
-    shard = {"path": str(path), "split": job.split, "format": cfg.ingest.format, "kind": done[0]["kind"],
-             "codec": cfg.ingest.codec, "tracks": len(done), "samples": sum(t["segments"] for t in done),
-             "frames": sum(t["frames"] for t in done), "bytes": size}
+    shard = ShardEntry(path=str(path), split=job.split, format=cfg.ingest.format, kind=done[0]["kind"],
+                       codec=cfg.ingest.codec, tracks=len(done), samples=sum(t["segments"] for t in done),
+                       frames=sum(t["frames"] for t in done), bytes=size)
     return {"shard": shard, "tracks": tracks}
 
 
-def _write_track(writer, item: dict, cfg: Config) -> dict:
+def _write_track(writer, item: TrackEntry, cfg: Config) -> TrackEntry:
     """Append one track's samples; return its manifest entry. Errors of the track are caught here,
     errors of the writer (a full disk) are not."""
     try:
         track = LOAD[item["kind"]](item, cfg)
         samples = track_samples(item, track, cfg)
     except AudioError as err:
-        return {**item, "status": "failed", "reason": str(err)}
+        return {**item, "status": FAILED, "reason": str(err)}
     except MemoryError:
-        return {**item, "status": "failed", "reason": "out of memory while decoding"}
+        return {**item, "status": FAILED, "reason": "out of memory while decoding"}
     except Exception as err:  # a file must never stop the job
-        return {**item, "status": "failed", "reason": one_line(err)}
+        return {**item, "status": FAILED, "reason": one_line(err)}
     for key, record, arrays in samples:
         writer.write(key, record, arrays)
     frames = sum(record["frames"] for _, record, _ in samples)
-    return {**item, "status": "ok", "reason": None, "duration": round(track.seconds, 3), "frames": frames,
+    return {**item, "status": OK, "reason": None, "duration": round(track.seconds, 3), "frames": frames,
             "segments": len(samples), "max_magnitude": track.peak}
 
 

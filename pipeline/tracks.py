@@ -10,7 +10,7 @@ from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
 from specbert.pipeline.audio import AudioError, read_audio
 from specbert.pipeline.codecs import CHECKSUM
-from specbert.pipeline.shards import sample_key
+from specbert.pipeline.schema import COMPLEX, MAGNITUDE, SampleRecord, sample_key
 from specbert.pipeline.spectral import max_magnitude, num_frames, stft_blocks
 
 FLOAT16_SAFE = 60000.0  # magnitudes above this overflow float16 (audio far above full scale)
@@ -18,7 +18,7 @@ FLOAT16_SAFE = 60000.0  # magnitudes above this overflow float16 (audio far abov
 
 @dataclass
 class Track:
-    """A decoded track: stored-layout arrays (see pipeline/shards.py) and what records need."""
+    """A decoded track: stored-layout arrays (``pipeline.schema``) and what records need."""
 
     arrays: dict[str, np.ndarray]  # name -> float16 [C, T, bins] or [C, T, bins, 2]
     peak: float  # max |STFT| (of the mixture for stems)
@@ -81,23 +81,24 @@ def segment_bounds(frames: int, segment_frames: int) -> list[tuple[int, int]]:
     return [(start, end - start) for start, end in zip(starts, ends, strict=True)]
 
 
-def track_samples(item: dict, track: Track, cfg: Config) -> list[tuple[str, dict, dict]]:
+def track_samples(item: dict, track: Track, cfg: Config) -> list[tuple[str, SampleRecord, dict]]:
     """``(key, record, arrays)`` for each segment (arrays are views)."""
     audio = cfg.audio
     bounds = segment_bounds(track.frames, cfg.ingest.segment_frames)
     first = next(iter(track.arrays.values()))
-    base = {
-        "track_id": item["id"], "artist": item["artist"], "album": item["album"], "title": item["title"],
-        "split": item["split"], "source": item["path"], "segments": len(bounds),
-        "duration": round(track.seconds, 3), "sample_rate": audio.sample_rate, "n_fft": audio.n_fft,
-        "hop": audio.hop, "max_magnitude": track.peak, "kind": item["kind"],
-        "layout": "complex" if first.ndim == 4 else "magnitude", "codec": cfg.ingest.codec,
-        "checksum": CHECKSUM, "members": list(track.arrays),
-    }
+
+    def record(segment: int, start: int, n: int) -> SampleRecord:
+        return SampleRecord(
+            track_id=item["id"], artist=item["artist"], album=item["album"], title=item["title"],
+            split=item["split"], source=item["path"], segments=len(bounds), duration=round(track.seconds, 3),
+            sample_rate=audio.sample_rate, n_fft=audio.n_fft, hop=audio.hop, max_magnitude=track.peak,
+            kind=item["kind"], layout=COMPLEX if first.ndim == 4 else MAGNITUDE, codec=cfg.ingest.codec,
+            checksum=CHECKSUM, members=list(track.arrays), segment=segment, start_frame=start, frames=n,
+            shape=[first.shape[0], n, *first.shape[2:]],
+        )
+
     return [
-        (sample_key(item["id"], segment),
-         {**base, "segment": segment, "start_frame": start, "frames": n,
-          "shape": [first.shape[0], n, *first.shape[2:]]},
+        (sample_key(item["id"], segment), record(segment, start, n),
          {name: array[:, start : start + n] for name, array in track.arrays.items()})
         for segment, (start, n) in enumerate(bounds)
     ]

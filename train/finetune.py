@@ -34,6 +34,7 @@ from specbert.inference.evaluate import usdr
 from specbert.inference.export import ExportError
 from specbert.inference.separate import ChunkedMasker, apply_mask
 from specbert.model import build_model
+from specbert.pipeline.schema import TRAIN
 from specbert.pipeline.spectral import istft, model_input
 from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
 from specbert.train.distributed import unwrap
@@ -123,7 +124,7 @@ class FinetuneTask:
 
         self._skipped.update(self.stats())
         tc = self.cfg.train
-        self._loader = build_stems_loader(self.manifest, self.cfg, "train", tc.batch_size, tc.num_workers,
+        self._loader = build_stems_loader(self.manifest, self.cfg, TRAIN, tc.batch_size, tc.num_workers,
                                           derive_seed(tc.seed, 0, epoch))
         return self._loader
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from specbert.configs import Config
 from specbert.model import build_discriminator, build_model
+from specbert.pipeline.schema import TRAIN, VALIDATION
 from specbert.train.distributed import unwrap
 from specbert.train.losses import (
     cut_tokens,
@@ -42,7 +43,6 @@ from specbert.train.losses import (
 from specbert.train.rng import derive_seed
 
 Batch = dict[str, Tensor]
-VAL_SPLIT = "validation"  # the held-out split of the ingest (pipeline.scan.assign_split)
 
 
 class PretrainData(Protocol):
@@ -80,11 +80,11 @@ class ManifestData:
 
     def train(self, epoch: int):
         self._done.update(self.stats())
-        self._current = self._loader("train", derive_seed(self.cfg.train.seed, 0, epoch))
+        self._current = self._loader(TRAIN, derive_seed(self.cfg.train.seed, 0, epoch))
         return self._current
 
     def val(self):
-        return self._loader(VAL_SPLIT, derive_seed(self.cfg.train.seed, 1))
+        return self._loader(VALIDATION, derive_seed(self.cfg.train.seed, 1))
 
     def stats(self) -> dict[str, float]:
         current = self._current.stats() if self._current is not None else {}

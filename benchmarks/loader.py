@@ -47,6 +47,7 @@ import webdataset as wds
 from specbert.configs import load_config
 from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
+from specbert.pipeline.batch_ring import RING_SLOTS, BatchRing
 from specbert.pipeline.loader import (
     build_pretrain_loader,
     clip_to_peak,
@@ -57,7 +58,8 @@ from specbert.pipeline.loader import (
 from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.masking import mask_sample, next_segment_pairs
 from specbert.pipeline.shards import decode_sample, iter_zarr_shard
-from specbert.pipeline.stages import RING_SLOTS, BatchRing, setup_worker, tar_samples
+from specbert.pipeline.stages import tar_samples
+from specbert.pipeline.worker import setup_worker
 
 
 def ingest(data: Path) -> dict[str, Path]:

@@ -28,11 +28,12 @@ Training (``split="train"``) resamples each worker's shards endlessly and ends e
 ``epoch_batches`` batches on every rank. Other splits read each shard once per pass, in an order
 and with crops and masks fixed by ``seed``: every pass gives the same batches.
 
-Stages: see ``pipeline.stages`` (source, read, decode, crop, batch; shared with fine-tuning) and
-``pipeline.masking`` (pairs and span masking). Until the batch is written a crop is only a plan:
-two ``Window``s into decoded segments, the pair's choice and the mask's draws; ``collate`` then
-writes each crop's target and input once, straight into the batch's shared memory (``defer_crop``,
-``pipeline.stages.Deferred``): nothing is cropped, copied and stacked again.
+Stages, in one direction: source -> decode (``pipeline.stages``, shared with fine-tuning) -> crop
+(``crop_halves``: two ``Window``s into a decoded segment) -> pair -> mask (``pipeline.masking``: the
+pair's choice and the mask's draws, on opaque halves) -> batch.  Until the batch is written a crop is
+only that plan; ``collate`` then writes each crop's target (``write_crop``: the windows, then the
+seam's separator) and input once, straight into the batch's shared memory (``defer_crop``,
+``pipeline.batch_ring.Deferred``): nothing is cropped, copied and stacked again.
 
 With ``device="cuda"`` (GPU training) batches arrive on the GPU, and the workers write only the
 target: the masked input is built there from the target and the mask's draws (``finish_batch``,
@@ -49,7 +50,7 @@ worker core from tar shards, 155-185 from zarr (its arrays read by ``pipeline.sh
 1.3-1.7 ms (a quarter of a segment), the stages after it 2.6-3.5 ms, nearly all of it writing target
 and input (8 MB) into the batch; 0.8-1.1 ms for the target alone, so a worker for GPU training makes
 200-260 crops per CPU second against 165-190. Workers write batches into reused shared memory
-(``pipeline.stages.BatchRing``): a batch the caller keeps is never overwritten.
+(``pipeline.batch_ring.BatchRing``): a batch the caller keeps is never overwritten.
 """
 
 from __future__ import annotations
@@ -67,14 +68,14 @@ import webdataset as wds
 from specbert.configs import Config, ConfigError, from_dict
 from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
+from specbert.pipeline.batch_ring import Deferred
 from specbert.pipeline.manifest import Manifest, read_manifest
-from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_crop
+from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_separator
 from specbert.pipeline.schema import OK, SPECTROGRAM, TRAIN
 from specbert.pipeline.spectral import clip_magnitudes, model_view, peak_scale
 from specbert.pipeline.stages import (
     SKIP_KINDS,
     BatchStream,
-    Deferred,
     Seeds,
     Skips,
     count_short,
@@ -91,7 +92,7 @@ class Loader:
 
     Every batch arrives with its worker's cumulative skip counts, which are removed from the batch
     and kept here: ``stats()`` sums them over the workers. Its tensors are reused by the worker
-    once the caller has dropped them (see ``pipeline.stages.BatchRing``). With a ``device`` the
+    once the caller has dropped them (see ``pipeline.batch_ring.BatchRing``). With a ``device`` the
     tensors are moved there (non-blocking, from pinned memory on CUDA); ``finish(batch, device)``,
     if given, does that and completes the batch there.
     """
@@ -204,6 +205,18 @@ def crop_halves(sample: dict, frames: int, swap: float, rng: np.random.Generator
     halves = tuple(Window(spec, float(record["max_magnitude"]), start + offset, swapped)
                    for offset in (0, frames // 2))
     return {"key": sample["key"], "track": str(record["track_id"]), "halves": halves}
+
+
+def write_crop(sample: dict, cfg: LoaderConfig, target: torch.Tensor):
+    """Write a paired crop (``next_segment_pairs``) into ``target`` ``[C, bins, T]``: the two halves
+    normalised, then the separator over the seam (with ``cfg.next_segment``). Its masked input is
+    ``mask_batch`` of it (in the worker, or where the batch is used)."""
+    half = target.shape[-1] // 2
+    for window, frames in zip(sample["halves"], (target[..., :half], target[..., half:]), strict=True):
+        window.write(frames)
+    if cfg.next_segment:
+        width = cfg.token_frames // 2
+        write_separator(target, half - width, half + width)
 
 
 def defer_crop(sample: dict, cfg: LoaderConfig, bins: int, with_input: bool = True) -> dict:

@@ -41,7 +41,7 @@ def next_segment_pairs(
     samples: Iterable[dict], cfg: LoaderConfig, rng: np.random.Generator
 ) -> Iterator[dict]:
     """Stream stage: adds ``is_next`` and ``pair_track`` to crops whose ``halves`` (two windows of
-    ``crop_frames // 2`` frames, see ``pipeline.loader.Window``) are consecutive; the second half
+    ``crop_frames // 2`` frames, not read here) are consecutive; the second half
     becomes, with probability ``1 - next_prob``, the second half of a recent crop of another track.
 
     ``pool`` keeps the second halves of the last ``cfg.pair_pool`` crops kept whole (the stream is
@@ -112,14 +112,3 @@ def mask_sample(sample: dict, cfg: LoaderConfig, rng: np.random.Generator) -> di
     masked = (kinds > 0).repeat_interleave(cfg.token_frames)
     return {**sample, "kinds": kinds, "masked": masked, "noise_seed": int(rng.integers(2**63))}
 
-
-def write_crop(sample: dict, cfg: LoaderConfig, target: torch.Tensor):
-    """Write a paired crop (``next_segment_pairs``) into ``target`` ``[C, bins, T]``: the two halves
-    normalised, then the separator over the seam (with ``cfg.next_segment``). Its masked input is
-    ``mask_batch`` of it (in the worker, or where the batch is used)."""
-    half = target.shape[-1] // 2
-    for window, frames in zip(sample["halves"], (target[..., :half], target[..., half:]), strict=True):
-        window.write(frames)
-    if cfg.next_segment:
-        width = cfg.token_frames // 2
-        write_separator(target, half - width, half + width)

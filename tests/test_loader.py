@@ -305,7 +305,7 @@ def test_a_loader_of_only_corrupt_samples_raises_naming_a_shard(tar_manifest, tm
 
 
 def test_worker_batches_are_never_overwritten_while_held(tar_manifest):
-    """Workers reuse the shared memory of batches the consumer has dropped (pipeline.stages.BatchRing):
+    """Workers reuse the shared memory of batches the consumer has dropped (pipeline.batch_ring.BatchRing):
     a batch kept over later batches and epochs keeps its values, and dropped batches free their slots."""
     train = loader(tar_manifest, num_workers=2, epoch_batches=6)
     held = None

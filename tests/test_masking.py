@@ -6,7 +6,7 @@ import torch
 
 from specbert.configs import ConfigError
 from specbert.configs.loader import LoaderConfig
-from specbert.pipeline.loader import clip_to_peak, crop_halves, loader_config
+from specbert.pipeline.loader import clip_to_peak, crop_halves, loader_config, write_crop
 from specbert.pipeline.masking import (
     KEEP,
     NOISE,
@@ -16,7 +16,6 @@ from specbert.pipeline.masking import (
     next_segment_pairs,
     seam_tokens,
     select_tokens,
-    write_crop,
     write_separator,
 )
 

@@ -27,7 +27,8 @@ from collections import Counter
 import torch
 from torch import nn
 
-from specbert.model import build_model, resolve
+from specbert.configs import load_config
+from specbert.model import build_model
 from specbert.model.blocks import EvolvedBlock
 from specbert.model.flops import forward_flops
 
@@ -127,9 +128,10 @@ def contestants(name: str, batch: int, frames: int, device: str, labels: tuple =
     (config ``name``), "blocks" (its transformer blocks alone) and "vanilla" (the reference of the same
     widths)."""
     torch.manual_seed(0)
-    model = build_model(name).to(device)
+    config = load_config(name)
+    model = build_model(config).to(device)
     x = torch.rand(batch, 2, 1024, frames, device=device)
-    cfg, _ = resolve(name)
+    cfg = config.model
     vanilla = VanillaStack(model, cfg.num_heads, cfg.expansion, cfg.dropout).to(device)
     tokens = torch.randn(batch, frames, vanilla.widths[0][0], device=device)
     blocks = BlockStack(model)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
-from specbert.pipeline.codecs import get_codec
-
 Stem = Literal["mixture", "vocals", "accompaniment", "drums", "bass", "other"]
+_LOSSY = re.compile(r"f16r([1-9])")
+
+
+def codec_bits(name: str) -> int | None:
+    """The storage codecs' names (``pipeline.codecs.get_codec`` builds them): None for the lossless
+    ``"f16"``, N for ``"f16rN"`` (N = 1..9 mantissa bits); ValueError names the valid ones."""
+    if name == "f16":
+        return None
+    match = _LOSSY.fullmatch(name)
+    if match is None:
+        raise ValueError(f"unknown codec {name!r} (valid: f16, f16r1 .. f16r9; default f16r6)")
+    return int(match.group(1))
 
 
 @dataclass
@@ -33,4 +44,4 @@ class IngestConfig:
             raise ValueError(f"reserve_bytes must be >= 0, got {self.reserve_bytes}")
         if "mixture" not in self.stems or len(set(self.stems)) != len(self.stems):
             raise ValueError(f"stems must name mixture and no stem twice, got {list(self.stems)}")
-        get_codec(self.codec)
+        codec_bits(self.codec)

@@ -45,12 +45,13 @@ under 1e-5, below float16's normal range, so a float16 crop could not hold them 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import google_crc32c
 import numpy as np
 from numcodecs import Blosc
+
+from specbert.configs.ingest import codec_bits
 
 FLOOR_DB = -100.0  # lossy codecs store magnitudes this far below the track's max as 0
 COMPRESSOR = "lz4"  # blosc's compressor on bit planes (see the module docstring)
@@ -136,14 +137,8 @@ class Codec:
         return rounded
 
 
-_LOSSY = re.compile(r"f16r([1-9])")
-
-
 def get_codec(name: str) -> Codec:
-    """``"f16"`` or ``"f16rN"`` (N = 1..9) -> its Codec; ValueError names the valid ones."""
-    if name == "f16":
-        return Codec("f16")
-    match = _LOSSY.fullmatch(name)
-    if match is None:
-        raise ValueError(f"unknown codec {name!r} (valid: f16, f16r1 .. f16r9; default f16r6)")
-    return Codec(name, mantissa_bits=int(match.group(1)), floor_db=FLOOR_DB)
+    """``"f16"`` or ``"f16rN"`` (N = 1..9, ``configs.ingest.codec_bits``) -> its Codec; ValueError names
+    the valid ones."""
+    bits = codec_bits(name)
+    return Codec(name) if bits is None else Codec(name, mantissa_bits=bits, floor_db=FLOOR_DB)

@@ -52,12 +52,13 @@ def test_show_config_reflects_overrides():
 def test_model_info_prints_the_parameter_count_and_flops():
     import torch
 
+    from specbert.configs import load_config
     from specbert.model import build_model, count_parameters
     from specbert.model.flops import forward_flops
 
     out = run(str(SPECBERT), "model-info", "--config", "tiny", "--frames", "64")
     assert out.returncode == 0, out.stderr
-    model = build_model("tiny").eval()
+    model = build_model(load_config("tiny")).eval()
     assert f"total{count_parameters(model):>25,}" in out.stdout  # column layout of model.describe
     flops = forward_flops(model, torch.rand(1, 2, 1024, 64))  # real compute on CPU vs meta in the CLI
     assert f"{flops / 1e9:.2f} GFLOP per 64-frame crop" in out.stdout

@@ -190,7 +190,7 @@ def test_inference_runs_channels_last_maps():
 def test_preset_shapes_without_computing(name):
     """Shapes of the big presets at an odd T (tiny covers both parities), traced with fake tensors."""
     with FakeTensorMode():
-        mask, next_logit = build_model(name)(torch.rand(1, 2, 1024, 9))
+        mask, next_logit = build_model(load_config(name))(torch.rand(1, 2, 1024, 9))
     assert mask.shape == (1, 2, 1024, 9) and mask.dtype == torch.float32
     assert next_logit.shape == (1,)
 
@@ -198,7 +198,7 @@ def test_preset_shapes_without_computing(name):
 @pytest.mark.parametrize("name", sorted(STATED_SIZES))
 def test_parameter_counts_within_ten_percent_of_stated(name):
     with torch.device("meta"):
-        model = build_model(name)
+        model = build_model(load_config(name))
     count = sum(p.numel() for p in model.parameters())
     assert abs(count - STATED_SIZES[name]) <= 0.1 * STATED_SIZES[name], f"{name}: {count:,}"
     assert f"{count:,}" in describe(model)
@@ -288,7 +288,7 @@ def test_longer_than_max_distance_works():
 
 
 def test_discriminator_gives_per_frame_patch_logits():
-    disc = build_discriminator("tiny")
+    disc = build_discriminator(load_config("tiny"))
     logits = disc(spectrogram(2, 11))
     assert logits.shape == (2, 1024 // 2**4, 11) and logits.dtype == torch.float32
     logits.mean().backward()

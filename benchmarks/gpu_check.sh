@@ -12,9 +12,9 @@
 # STEPs, each time-limited (default: all four, which take longer than one 10-minute device call):
 #   1. model: large, bf16, eager, batches 8 and 16: ms/step, TFLOP/s, MFU (+ the vanilla reference and
 #      our transformer blocks alone, without the U-Net),
-#      and the kernels of one step by GPU time (benchmarks/model.py)
+#      and the kernels of one step by GPU time (benchmarks/bench_model.py)
 #   2. trainer: large, synthetic vs shard batches vs the loader alone, with the masked input built on
-#      the GPU and by the workers (benchmarks/train.py)
+#      the GPU and by the workers (benchmarks/bench_train.py)
 #   3. CLI: torchrun pretrain (pretrain preset) 20 steps, then --resume to 30 (checkpoints, exit codes)
 #   4. compile: large under torch.compile (inductor): compile time, ms/step, MFU, kernels of one step
 set -u
@@ -37,12 +37,12 @@ python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"
 
 if wanted model; then
     step "model"
-    timeout 150 python3 -m benchmarks.model --configs --gpu-batch 8 16 --repeats 3 \
+    timeout 150 python3 -m benchmarks.bench_model --configs --gpu-batch 8 16 --repeats 3 \
         --profile "$out/profile.txt" 2>&1 | tee "$out/model.txt"
 fi
 if wanted trainer; then
     step "trainer"
-    timeout 150 python3 -m benchmarks.train --manifest "$manifest" --configs large --workers 4 --steps 5 \
+    timeout 150 python3 -m benchmarks.bench_train --manifest "$manifest" --configs large --workers 4 --steps 5 \
         --devices cuda 2>&1 | tee "$out/train.txt"
 fi
 if wanted cli; then
@@ -60,7 +60,7 @@ if wanted cli; then
 fi
 if wanted compile; then
     step "compile"  # large: 370 s to compile on an H100 (16 cores) with a cold cache
-    timeout 500 python3 -m benchmarks.model --configs --gpu-batch 8 --repeats 3 --compile --gpu-runs ours \
+    timeout 500 python3 -m benchmarks.bench_model --configs --gpu-batch 8 --repeats 3 --compile --gpu-runs ours \
         --profile "$out/compiled_profile.txt" 2>&1 | tee "$out/compiled.txt"
 fi
 step "done"

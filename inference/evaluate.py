@@ -10,8 +10,7 @@ Metrics (dB), per stem and track, then over the tracks:
   the overall figure is the **mean** over tracks (the MDX-challenge convention).
 - ``museval_sdr``: BSSEval v4 SDR from ``museval`` (1 s windows and hops), the **median** over the
   windows of a track (windows where a reference is silent are skipped), then the **median** over tracks
-  (the SiSEC 2018 convention).  Slow (about 1 s per 1-10 s of stereo audio, per method): ``use_museval=False``
-  skips it.
+  (the SiSEC 2018 convention).  Slow (``benchmarks/README.md``): ``use_museval=False`` skips it.
 
 Methods, on the same tracks:
 

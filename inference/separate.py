@@ -10,7 +10,7 @@ sizes):
 
 1. A first pass reads the file in blocks (downmix to stereo, resample to 44.1 kHz, STFT) to find the
    track's largest magnitude ``peak``: the model's input is ``clip(|X| / peak, 0, 1)`` exactly as in
-   pretraining (``pipeline.spectral.model_input``).  It costs about 1% of the model's time.
+   pretraining (``pipeline.spectral.model_input``).  It costs little next to the model.
 2. The second pass computes the STFT again block by block; ``ChunkedMasker`` runs the network on chunks of
    ``chunk_frames`` frames that overlap by ``overlap`` frames and cross-fades their masks.
 3. ``instrumental = m |X| e^{j phase(X)}`` and ``vocals = (1 - m) |X| e^{j phase(X)}`` (the mask is padded

@@ -1,7 +1,7 @@
 """Frame convolutions: (k, 1) kernels along frequency with stride (s, 1), on ``[B, C, F, T]`` maps.
 
 With few channels oneDNN computes them slowly on CPU: it pads channels to blocks of 8, and its
-backward (the weight gradient above all) takes up to 10x the forward.  ``FrameConv`` computes such
+backward (the weight gradient above all) takes many times the forward.  ``FrameConv`` computes such
 narrow convolutions, forward and backward, as one batched matrix product per tap: a map is seen as
 ``[B, C, F * T]``, and the rows a tap reads are one contiguous ``[C, rows * T]`` block, once the
 input's rows are regrouped by phase (row mod s) when s > 1.

@@ -27,8 +27,8 @@ def upsample_bins(x: Tensor) -> Tensor:
     """Double the bins, bilinear: ``[B, C, F, T] -> [B, C, 2F, T]`` (half-bin centres, edges clamped).
 
     Eager runs ``F.interpolate``'s kernels.  torch.compile would turn their gradient into atomic
-    scatter-adds (55 of the 343 ms of a compiled large step on an H100), so a compiled model blends
-    shifted copies instead (``blend_upsample``: the same values, an elementwise gradient).
+    scatter-adds (a large share of a compiled step on a GPU: ``benchmarks/README.md``), so a compiled
+    model blends shifted copies instead (``blend_upsample``: the same values, an elementwise gradient).
     """
     if torch.compiler.is_compiling():
         return blend_upsample(x)

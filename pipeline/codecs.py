@@ -9,12 +9,12 @@ real/imag ``[C, T, bins, 2]``; any shape with channels first). ``encode(x, ref)`
 2. channel difference: the uint16 bit patterns of each channel minus those of the previous one
    (mod 2**16; left and right are alike, so this saves ~20 % on music);
 3. blosc: bit shuffle (bit planes: the rounded-off mantissa bits become runs of zeros), then lz4
-   in 1 MB blocks (``COMPRESSOR``). On a 2048-frame f16r6 segment: lz4 decodes in 3.8 ms and encodes
-   in 11 ms, zstd level 1 (the compressor until Nov 2026: blosc's header names it, so those shards
-   still decode) takes 8.0 and 25 ms for 11 % fewer bytes; the loader decodes a segment for every 4
-   crops and the ingest encodes every segment, so lz4's speed is worth its size (still < FLAC);
-4. CRC-32C of the bytes of 3, appended little-endian (``CHECKSUM``; 0.4 ms per segment): corrupt
-   bytes raise instead of decoding to garbage (blosc has no checksum of its own).
+   in 1 MB blocks (``COMPRESSOR``). zstd (the compressor of older shards: blosc's header names it, so
+   those still decode) stores a little less but decodes and encodes at about half lz4's speed; the
+   loader decodes a segment for every few crops and the ingest encodes every segment, so lz4's speed
+   is worth its size (still < FLAC);
+4. CRC-32C of the bytes of 3, appended little-endian (``CHECKSUM``, cheap): corrupt bytes raise
+   instead of decoding to garbage (blosc has no checksum of its own).
 
 ``decode`` checks 4 and inverts 2-3 exactly, so a decoded array equals ``quantize(x, ref)``. Zarr
 shards store the ``quantize``d values as plain float16 (``zarr_compressors``: the same blosc settings
@@ -24,23 +24,12 @@ Codecs (``get_codec(name)``):
 
 - ``f16``: lossless float16 (float16's own rounding: <= 0.0042 dB above 6.1e-5).
 - ``f16rN`` (N = 1..9): N mantissa bits; max error 20*log10(1 + 2**-(N+1)) dB above the floor:
-  f16r6 0.068 dB (+ float16's own 0.004 = 0.071 dB measured), f16r5 0.137 dB, f16r4 0.27 dB.
+  f16r6 0.068 dB (+ float16's own 0.004), f16r5 0.137 dB, f16r4 0.27 dB.
 
-Measured by ``benchmarks/ingest.py`` (magnitude ``[2, 1025, T]`` at hop 1024; raw float16 is 0.635 GB
-per hour of stereo) on generated music (FLAC 0.40 GB/h) and on the same music plus white noise at
--26 dB (FLAC 0.52 GB/h); errors against the float32 STFT, for magnitudes above the floor:
-
-    codec   music GB/h (x FLAC)   noisy GB/h (x FLAC)   max / RMS error (dB)
-    f16     0.496 (1.24)          0.576 (1.11)          0.0042 / 0.0018
-    f16r6   0.344 (0.86)          0.419 (0.80)          0.0713 / 0.0290   <- default
-    f16r5   0.316 (0.79)          0.379 (0.73)          0.137 / 0.058
-    f16r4   0.276 (0.69)          0.339 (0.65)          0.263 / 0.115
-
-(with zstd, before Nov 2026: f16r6 0.305 (0.76) and 0.367 (0.70)). Real/imag data (``keep_complex``,
-stems) costs about 2.4x the magnitude.
-The default ``f16r6`` stores 0.8-0.9x the source FLAC's bytes with a max error of 0.071 dB for every
-magnitude within 100 dB of the track's max; below that, values are 0 (normalised by the max they are
-under 1e-5, below float16's normal range, so a float16 crop could not hold them anyway).
+The default ``f16r6`` stores fewer bytes than the source FLAC (sizes and errors measured by
+``benchmarks/bench_ingest.py``: ``benchmarks/README.md``) for every magnitude within 100 dB of the
+track's max; below that, values are 0 (normalised by the max they are under 1e-5, below float16's
+normal range, so a float16 crop could not hold them anyway).
 """
 
 from __future__ import annotations

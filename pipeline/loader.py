@@ -44,12 +44,8 @@ A fine-tuning loader calls ``build_loader`` with the stems shards and its own ta
 ``crop_start`` taken with ``interleaved``, remix, magnitudes with ``normalise``), getting the same
 source, shuffling, decoding, batching, workers and ``stats()``.
 
-Speed (``python -m benchmarks.loader``, defaults, 2 workers, quiet 2-core VM): 150-190 crops/s per
-worker core from tar shards, 155-185 from zarr (its arrays read by ``pipeline.shards.read_zarr_array``:
-~8 ms per segment like tar, against 13-20 ms through zarr's own read path). Per crop: decoding
-1.3-1.7 ms (a quarter of a segment), the stages after it 2.6-3.5 ms, nearly all of it writing target
-and input (8 MB) into the batch; 0.8-1.1 ms for the target alone, so a worker for GPU training makes
-200-260 crops per CPU second against 165-190. Workers write batches into reused shared memory
+Speed: the CPU time of a crop is mostly decoding its segment and writing target and input into the
+batch (figures: ``benchmarks/README.md``). Workers write batches into reused shared memory
 (``pipeline.batch_ring.BatchRing``): a batch the caller keeps is never overwritten.
 """
 

@@ -85,9 +85,8 @@ def mask_batch(target: torch.Tensor, kinds: torch.Tensor, noise_seeds: torch.Ten
     device. ``kinds`` int8 ``[B, tokens]`` (``select_tokens``) and ``noise_seeds`` int64 ``[B]`` are
     CPU tensors (read without a device sync). Each crop's noise is drawn on the CPU from its own seed,
     so a crop's input is the same wherever it is built. One small operation per selected token
-    (about 10 per crop): on a CPU (a worker calls this per crop, B = 1) slices cost 0.2-0.5 ms less
-    per crop than indexed writes of all tokens at once; on a GPU that is a few dozen small launches
-    per batch (not yet timed there: ``benchmarks/train.py``)."""
+    (about 10 per crop): on a CPU (a worker calls this per crop, B = 1) slices are cheaper than indexed
+    writes of all tokens at once; on a GPU that is a few dozen small launches per batch."""
     x = torch.empty_like(target) if out is None else out
     x.copy_(target)
     for crop, crop_kinds, seed in zip(x, kinds.numpy(), noise_seeds.tolist(), strict=True):

@@ -216,7 +216,7 @@ def _own_sharding(meta: dict) -> dict | None:
 
 def read_zarr_array(folder: Path) -> np.ndarray:
     """A zarr v3 array as ``ZarrShard`` lays it out, read and checked without zarr's async machinery
-    (13-20 ms -> ~8 ms of CPU per 2048-frame segment): one shard file (the sharding codec: chunks of
+    (which takes about twice the CPU): one shard file (the sharding codec: chunks of
     little-endian float16, blosc-compressed, each followed by its crc32c; at the end the chunk index
     and its crc32c). Any other layout is read by zarr. ValueError (naming the file) for corrupt bytes."""
     meta = json.loads((folder / "zarr.json").read_bytes())

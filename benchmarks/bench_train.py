@@ -1,7 +1,8 @@
 """Training throughput with the real shard loader vs in-memory batches, in the same run.
 
-    python -m benchmarks.train                                  # tiny and base on CPU (+ GPU when present)
-    python -m benchmarks.train --manifest M --configs tiny --steps 20 --batch 4 --frames 128 --threads 1
+    python -m benchmarks.bench_train                            # tiny and base on CPU (+ GPU when present)
+    python -m benchmarks.bench_train --manifest M --configs tiny --steps 20 --batch 4 --frames 128 \
+        --threads 1
 
 Each config runs the trainer's whole step (forward, backward, clipping, AdamW; bf16 autocast on CUDA)
 on (a) in-memory synthetic batches and (b) batches of ``pipeline.loader`` over the shards of
@@ -9,8 +10,8 @@ on (a) in-memory synthetic batches and (b) batches of ``pipeline.loader`` over t
 loader alone.  If (b) is well below (a) and (c) is close to (b), the loader starves the trainer.
 On a GPU (c) runs twice: with the masked input built on the GPU (what training does) and by the
 workers (as on a CPU), both pinned and copied to the GPU.
-On a GPU the MFU uses the model's analytic FLOPs (``benchmarks/model.py``; backward = 2 x forward).
-Run it as a module from the repository root (``benchmarks/model.py`` would shadow the model package).
+On a GPU the MFU uses the model's analytic FLOPs (``benchmarks/bench_model.py``; backward = 2 x forward).
+Run it as a module from the repository root (it imports ``benchmarks.bench_model``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.model import PEAK_BF16
+from benchmarks.bench_model import PEAK_BF16
 from specbert.configs import load_config
 from specbert.model.flops import forward_flops
 from specbert.pipeline.loader import build_pretrain_loader

@@ -1,6 +1,6 @@
 """Ingest throughput and storage, printed as figures (not a timed test).
 
-    .venv/bin/python -m benchmarks.ingest [--minutes 20] [--library DIR] [--work DIR] [--runs 3]
+    .venv/bin/python -m benchmarks.bench_ingest [--minutes 20] [--library DIR] [--work DIR] [--runs 3]
 
 On a generated library of FLAC files (songs rendered by pipeline/example_library.py, each file a
 different cut, gain and rotation of them):

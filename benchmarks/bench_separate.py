@@ -1,11 +1,8 @@
 """Speed (x realtime) and peak memory of ``specbert separate``, with random-weight models of the presets.
 
-    python -m benchmarks.separate                 # CPU: tiny and base; memory at 5 and 60 min (tiny)
-    python -m benchmarks.separate --configs tiny --seconds 30 --minutes 1 5
-    python -m benchmarks.separate --device cuda --batch-size 8 --minutes   # GPU: speed only
-
-(``-m`` from the repository root: run as a file, ``benchmarks/`` would come first on the path and
-``benchmarks/model.py`` would shadow the ``model`` package.)
+    python -m benchmarks.bench_separate                 # CPU: tiny and base; memory at 5 and 60 min (tiny)
+    python -m benchmarks.bench_separate --configs tiny --seconds 30 --minutes 1 5
+    python -m benchmarks.bench_separate --device cuda --batch-size 8 --minutes   # GPU: speed only
 
 Speed: one file of ``--seconds`` of music (a generated song, repeated) separated to 16-bit WAV stems,
 end to end (decode, both passes, model, writing), after a short warm-up run.  Memory: the peak resident

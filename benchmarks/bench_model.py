@@ -1,9 +1,9 @@
 """Forward+backward speed of the model against torch.nn.TransformerEncoder, and its FLOP rate.
 
-    python -m benchmarks.model                      # CPU: tiny and base vs vanilla; GPU: also large MFU
-    python -m benchmarks.model --configs tiny --threads 1
-    python -m benchmarks.model --configs --gpu-batch 8 16 --profile prof.txt   # GPU only
-    python -m benchmarks.model --configs --compile --gpu-runs ours              # compiled large only
+    python -m benchmarks.bench_model                      # CPU: tiny and base vs vanilla; GPU: also large MFU
+    python -m benchmarks.bench_model --configs tiny --threads 1
+    python -m benchmarks.bench_model --configs --gpu-batch 8 16 --profile prof.txt   # GPU only
+    python -m benchmarks.bench_model --configs --compile --gpu-runs ours              # compiled large only
 
 FLOPs are counted analytically by ``model.flops.forward_flops`` (linear and convolution layers, the
 attention matmuls; not norms and activations); a backward pass costs twice the forward.  The vanilla

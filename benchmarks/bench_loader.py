@@ -1,8 +1,8 @@
 """Pretraining loader speed: crops per second per loader core, from tar and from zarr shards, against
 reading the raw samples of the same tar shards.
 
-    python -m benchmarks.loader                    # example library -> ingest (tar, zarr) under --data
-    python -m benchmarks.loader --batches 60 --workers 2
+    python -m benchmarks.bench_loader                    # example library -> ingest (tar, zarr) under --data
+    python -m benchmarks.bench_loader --batches 60 --workers 2
 
 Crops are the defaults: 1024 frames x 1024 bins, stereo, masked and paired, batches of 8, from
 segments of 2048 frames (codec f16r6), ``crops_per_segment`` crops per decoded segment. Rows (the

@@ -160,11 +160,11 @@ class SpecUNet(nn.Module):
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         skips = []
         # On CUDA the maps are channels-last: BatchNorm's kernels for NCHW reduce each channel in one
-        # thread block (a few dozen channels leave most of the GPU idle, 30% of a large step), and
-        # cuDNN converts NCHW maps to NHWC and back around every convolution.  So they are in CPU
-        # inference: oneDNN's forward runs at 3-12 GFLOP/s on NCHW maps of 512-1024 bins and at 40-80
-        # on channels-last ones (base, 1024 frames: 13-20% less time).  CPU training keeps NCHW maps:
-        # oneDNN's backward is no faster on channels-last ones, and FrameConv's narrow path wants NCHW.
+        # thread block (a few dozen channels leave most of the GPU idle), and cuDNN converts NCHW maps
+        # to NHWC and back around every convolution.  So they are in CPU inference: oneDNN's forward is
+        # several times faster on channels-last maps of 512-1024 bins (benchmarks/README.md).  CPU
+        # training keeps NCHW maps: oneDNN's backward is no faster on channels-last ones, and
+        # FrameConv's narrow path wants NCHW.
         channels_last = x.is_cuda or not torch.is_grad_enabled()
         h = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         for encoder in self.encoders:

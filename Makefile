@@ -43,12 +43,13 @@ demo: install system-deps
 	@echo "demo outputs are under $(DEMO)/:"
 	@echo "  library/, stems/      example audio (a music library; stems in the MUSDB18-HQ layout)"
 	@echo "  shards/, sample.png   STFT shards with manifest.jsonl; one ingested spectrogram"
-	@echo "  pretrain/             pretraining run: checkpoints/, tensorboard/, previews/, metrics.jsonl"
+	@echo "  pretrain/             pretraining run: checkpoints/, tensorboard/, previews/, metrics.jsonl, meta.json"
 	@echo "  stem-shards/          complex STFT stems for fine-tuning"
 	@echo "  finetune/             fine-tuning run (from pretrain/): init.json, checkpoints/, previews/, metrics.jsonl"
 	@echo "  model.safetensors     the exported separation model"
 	@echo "  separated/            an example song split into *_instrumental.wav and *_vocals.wav"
-	@echo "  evaluation/           evaluation.md, .json, .png: SDR of the model, the floor and the ceiling"
+	@echo "  evaluation/           evaluation.md, .json, .png: SDR of the model, the floor and the ceiling;"
+	@echo "                        evaluation_spectrograms.png: a test track, true and separated"
 	@echo "see them in TensorBoard: $(BIN)/tensorboard --logdir $(DEMO)"
 
 test: install system-deps lint

@@ -20,6 +20,9 @@ class FinetuneConfig:
     freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
     fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
+    # The L1 compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
+    # the quiet bins count too.
+    loss_power: float = 1.0
     remix_prob: float = 0.5  # vocals taken from another track of the stream
     no_vocals_prob: float = 0.1  # the mixture is the accompaniment alone
     gain_db: float = 3.0  # each stem's gain is uniform in +-gain_db
@@ -32,5 +35,7 @@ class FinetuneConfig:
         for name in ("remix_prob", "no_vocals_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.loss_power <= 1.0:
+            raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
         if self.vocal_weight < 0 or self.gain_db < 0 or self.vocal_pool < 1:
             raise ValueError("vocal_weight and gain_db must be >= 0, vocal_pool >= 1")

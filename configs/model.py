@@ -14,6 +14,11 @@ from typing import Literal
 @dataclass
 class ModelConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64, 64, 64)  # conv channels per level; depth = len
+    # The network's view of its input (the mask still multiplies the linear magnitudes): x ** input_power,
+    # then a learned scale and offset per bin and channel (Open-Unmix's input normalisation, carried in
+    # the model's weights).  Magnitudes normalised by the track's peak are mostly 1e-4..1e-2: linear,
+    # the first convolutions see a few loud bins and little else.
+    input_power: float = 0.3
     kernel_size: int = 3  # frequency kernel k of the (k, 1) frame convolutions (odd)
     encoder_blocks: tuple[int, ...] = (1, 1, 1, 2, 2, 2)  # transformer encoder blocks per level
     decoder_blocks: tuple[int, ...] = (0, 1, 1, 2, 2)  # transformer decoder blocks per level but the deepest
@@ -46,6 +51,8 @@ class ModelConfig:
             raise ValueError("encoder_blocks and decoder_blocks must be >= 0")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
+        if not 0.0 < self.input_power <= 1.0:
+            raise ValueError(f"input_power must be in (0, 1], got {self.input_power}")
         if self.num_heads <= 0 or self.expansion <= 0 or self.max_distance <= 0:
             raise ValueError("num_heads, expansion and max_distance must be positive")
         if not 0.0 <= self.dropout < 1.0:

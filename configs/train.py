@@ -9,6 +9,9 @@ from typing import Literal
 @dataclass
 class TrainConfig:
     steps: int = 100_000  # optimizer steps of the run (--steps overrides)
+    # A wall-clock budget for the training loop (0: off): the run ends at the first step past it, or at
+    # ``steps``, whichever comes first, and the learning-rate decay runs over the budget, not the steps.
+    minutes: float = 0.0
     batch_size: int = 8  # per rank and micro-batch
     grad_accum: int = 1  # micro-batches per optimizer step (ignored when effective_batch is set)
     effective_batch: int | None = None  # samples per optimizer step over all ranks; sets grad_accum
@@ -47,6 +50,8 @@ class TrainConfig:
         if self.effective_batch is not None and self.effective_batch % self.batch_size:
             raise ValueError(f"effective_batch ({self.effective_batch}) must be a multiple of "
                              f"batch_size ({self.batch_size})")
+        if self.minutes < 0:
+            raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.lr <= 0 or self.disc_lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("lr and disc_lr must be positive, warmup_steps >= 0, min_lr_ratio in [0, 1]")
         weights = self.masked_weight, self.unmasked_weight, self.next_weight, self.l1_weight, self.adv_weight

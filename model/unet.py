@@ -127,6 +127,24 @@ class DecoderLevel(nn.Module):
         return self.conv(torch.cat([h, skip], dim=1))
 
 
+class InputNorm(nn.Module):
+    """The network's features of its input: ``x ** power``, then a learned per-bin, per-channel scale and
+    offset (starting at 1 and 0).  ``x [B, C, F, T]`` in [0, 1] -> same shape.
+
+    The compression spreads normalised magnitudes (mostly 1e-4..1e-2 of the track's peak) over a range the
+    convolutions can use; the affine lets each bin find its own level, and travels with the model.
+    """
+
+    def __init__(self, channels: int, bins: int, power: float):
+        super().__init__()
+        self.power = power
+        self.scale = nn.Parameter(torch.ones(channels, bins, 1))
+        self.offset = nn.Parameter(torch.zeros(channels, bins, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.clamp_min(0).pow(self.power) * self.scale + self.offset
+
+
 class SpecUNet(nn.Module):
     """The whole model: ``x [B, C, F, T]`` magnitudes in [0, 1] -> ``(mask [B, C, F, T], next_logit [B])``.
 
@@ -139,6 +157,7 @@ class SpecUNet(nn.Module):
         if bins % 2 ** (cfg.depth - 1):
             raise ValueError(f"{cfg.depth} levels need bins ({bins}) divisible by {2 ** (cfg.depth - 1)}")
         level_bins = [bins >> level for level in range(cfg.depth)]
+        self.input_norm = InputNorm(in_channels, bins, cfg.input_power)
         self.encoders = nn.ModuleList()
         width = in_channels
         for level, (channels, blocks) in enumerate(zip(cfg.channels, cfg.encoder_blocks, strict=True)):
@@ -166,7 +185,8 @@ class SpecUNet(nn.Module):
         # training keeps NCHW maps: oneDNN's backward is no faster on channels-last ones, and
         # FrameConv's narrow path wants NCHW.
         channels_last = x.is_cuda or not torch.is_grad_enabled()
-        h = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        h = self.input_norm(x)
+        h = h.contiguous(memory_format=torch.channels_last) if channels_last else h
         for encoder in self.encoders:
             h = encoder(h)
             skips.append(h)

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import time
 
 import pytest
 import torch
@@ -154,3 +155,31 @@ def test_ddp_ranks_hold_identical_weights_after_training(tmp_path):
     assert all(torch.equal(r0[k], r1[k]) for k in params)
     assert not any(torch.equal(init[k], r0[k]) for k in params if k.endswith("weight"))
     assert (tmp_path / "run/checkpoints/step_00000002/model.safetensors").exists()
+
+
+class SlowSteps(PretrainTask):
+    """Each training step takes at least ``seconds`` (a slow machine, in a test's time)."""
+
+    def __init__(self, cfg, data, seconds: float):
+        super().__init__(cfg, data)
+        self.seconds = seconds
+
+    def losses(self, models, batch):
+        time.sleep(self.seconds)
+        return super().losses(models, batch)
+
+
+def test_a_time_budget_ends_the_run_and_spends_the_schedule(tmp_path):
+    """train.minutes: the run stops at the first step past the budget, far short of train.steps, saves a
+    checkpoint there, and the learning rate has decayed over the budget (cosine to 0: near 0 at the end)."""
+    cfg = micro_config("train.steps=100000", "train.minutes=0.03", "train.warmup_steps=1",
+                       "train.schedule=cosine", "train.checkpoint_every=0")
+    trainer = Trainer(SlowSteps(cfg, SyntheticData(cfg, 2), 0.1), cfg, tmp_path, Dist())
+    assert trainer.fit() is None
+    step = trainer.progress.step
+    assert 8 <= step <= 25  # 1.8 s of budget at >= 0.1 s a step
+    assert trainer.progress.seconds >= 1.8
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [f"step_{step:08d}"]
+    lrs = [r["lr_model"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+           if r["split"] == "train"]
+    assert lrs[-1] < 0.15 * max(lrs)

@@ -5,6 +5,8 @@ normalised magnitudes).  The model's mask ``m`` keeps the instrumental:
 
     loss = L1(m * |mix|, |accompaniment|) + finetune.vocal_weight * L1((1 - m) * |mix|, |vocals|)
 
+with the magnitudes raised to ``finetune.loss_power`` inside each L1.
+
 ``--init`` loads a pretraining checkpoint or an exported model by tensor name (``load_init`` reports what
 was loaded, new and unused).  With ``finetune.freeze_encoder_steps`` the encoder levels get no gradient for
 the first steps (their BatchNorm statistics still adapt).  Validation separates whole stored segments of
@@ -38,7 +40,7 @@ from specbert.pipeline.schema import TRAIN
 from specbert.pipeline.spectral import istft, model_input
 from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
 from specbert.train.distributed import unwrap
-from specbert.train.losses import frozen_call, l1
+from specbert.train.losses import compressed, frozen_call, l1
 from specbert.train.pretrain import db_image
 from specbert.train.rng import derive_seed
 from specbert.train.trainer import launch
@@ -171,10 +173,11 @@ class FinetuneTask:
     def losses(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, Tensor]:
         x = batch["mixture"].float()
         mask = self._mask(models["model"], x)
-        out = {"l1_instrumental": l1(mask * x, batch["accompaniment"])}
+        power = self.ft.loss_power
+        out = {"l1_instrumental": l1(compressed(mask * x, power), compressed(batch["accompaniment"], power))}
         loss = out["l1_instrumental"]
         if self.ft.vocal_weight > 0:
-            out["l1_vocals"] = l1((1 - mask) * x, batch["vocals"])
+            out["l1_vocals"] = l1(compressed((1 - mask) * x, power), compressed(batch["vocals"], power))
             loss = loss + self.ft.vocal_weight * out["l1_vocals"]
         out["loss"] = loss
         return out

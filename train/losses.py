@@ -17,6 +17,12 @@ def l1(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.float() - target.float()).abs().mean()
 
 
+def compressed(x: Tensor, power: float) -> Tensor:
+    """Magnitudes ``x ** power`` in float32 (``power`` 1: ``x`` itself); offset by 1e-6 so that the
+    gradient stays finite at 0."""
+    return x.float() if power == 1.0 else (x.float() + 1e-6) ** power
+
+
 def region_l1(pred: Tensor, target: Tensor, selected: Tensor) -> tuple[Tensor, Tensor]:
     """Mean absolute error over the selected frames and over the others: two scalars.
 

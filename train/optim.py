@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * shape
 
 
-def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
-    """LambdaLR over ``lr_factor``; its state dict holds plain numbers only."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps))
+def build_scheduler(optimizer, cfg: TrainConfig, total_steps: Callable[[], int]):
+    """LambdaLR over ``lr_factor``, the run's length read from ``total_steps()`` at every step (a run on a
+    time budget estimates it as it goes); its state dict holds plain numbers only."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, cfg, total_steps()))

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import itertools
 import signal
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -92,6 +93,7 @@ class Progress:
     epoch: int = 0  # position of the next micro-batch: epoch ...
     index: int = 0  # ... and micro-batches of that epoch already used
     skipped: int = 0  # steps skipped for a non-finite loss or gradient
+    seconds: float = 0.0  # wall-clock time spent in the training loop (for ``train.minutes``)
 
 
 class BatchStream:
@@ -158,8 +160,9 @@ class Trainer:
         self.raw = {name: m.to(dist.device) for name, m in task.build_models().items()}
         self.models = {name: wrap_ddp(self._compiled(m), dist) for name, m in self.raw.items()}
         self.optimizers = {n: build_optimizer(m, **task.optimizer_settings(n)) for n, m in self.raw.items()}
-        self.schedulers = {n: build_scheduler(o, self.tc, self.tc.steps) for n, o in self.optimizers.items()}
         self.progress = Progress()
+        self.schedulers = {n: build_scheduler(o, self.tc, self.total_steps)
+                           for n, o in self.optimizers.items()}
         seed_all(derive_seed(self.tc.seed, dist.rank))  # dropout etc. differ between ranks
         bf16 = self.tc.precision == "bf16" or (
             self.tc.precision == "auto" and dist.device.type == "cuda" and torch.cuda.is_bf16_supported())
@@ -167,6 +170,20 @@ class Trainer:
         if dist.device.type == "cuda":
             torch.set_float32_matmul_precision("high")
             torch.backends.cudnn.benchmark = True  # crops have one shape: time cuDNN's algorithms once
+
+    def total_steps(self) -> int:
+        """The run's length in steps: ``train.steps``, or on a time budget (``train.minutes``) the steps
+        the budget will hold at the pace so far (never fewer than done)."""
+        budget, p = self.tc.minutes * 60.0, self.progress
+        if not budget or not p.seconds:
+            return self.tc.steps
+        return max(p.step + 1, min(self.tc.steps, round(p.step * budget / p.seconds)))
+
+    def out_of_time(self) -> bool:
+        """The ``train.minutes`` budget is spent (on any rank: they stop together)."""
+        if not self.tc.minutes:
+            return False
+        return any_true(self.progress.seconds >= self.tc.minutes * 60.0, self.dist)
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -198,11 +215,14 @@ class Trainer:
 
     def _loop(self, stream: BatchStream, log: RunLogger, stop: StopSignals) -> int | None:
         tc, window, meter, postfix = self.tc, [], Throughput(), {}
+        clock = time.monotonic()
         while self.progress.step < tc.steps:
             meter.start()
             metrics, samples, frames = self.train_step(stream)
             meter.stop(samples * self.dist.world_size, frames * self.dist.world_size)
-            step, last = self.progress.step, self.progress.step == tc.steps
+            now = time.monotonic()
+            self.progress.seconds, clock = self.progress.seconds + now - clock, now
+            step, last = self.progress.step, self.progress.step == tc.steps or self.out_of_time()
             if metrics is None:
                 log.message(f"step {step}: non-finite loss or gradient, update skipped "
                             f"({self.progress.skipped} so far)")
@@ -224,6 +244,8 @@ class Trainer:
             if stopping:
                 log.message(f"stopped by a signal at step {step}; checkpoint saved, continue with --resume")
                 return stop.signum or signal.SIGTERM
+            if last:
+                break
         return None
 
     def _train_metrics(self, window: list[dict[str, Tensor]], meter: Throughput) -> dict[str, float]:

@@ -360,6 +360,8 @@ def separator_options(command):
         click.option("--shifts", type=click.IntRange(min=1), default=1, show_default=True,
                      help="Average N passes whose chunks are shifted by 1/N of a step (N times the time)."),
         click.option("--tta", is_flag=True, help="Two shifted passes: --shifts 2."),
+        click.option("--wiener", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Iterations of the multichannel Wiener post-filter (0: the mask alone)."),
         click.option("--chunk-frames", type=click.IntRange(min=1), default=None,
                      help="Frames per model call. Default: the crop the model was trained on."),
         click.option("--overlap", type=click.IntRange(min=0), default=None,

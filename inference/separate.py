@@ -63,9 +63,25 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 log = logging.getLogger(__name__)
 
 
-def apply_mask(spec: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Mixture ``[C, bins, T]`` and mask ``[C, model_bins, T]`` -> complex stems with the mixture's phase."""
-    instrumental = spec * full_bins(mask)
+def apply_mask(spec: np.ndarray, mask: np.ndarray, wiener: int = 0) -> dict[str, np.ndarray]:
+    """Mixture ``[C, bins, T]`` and mask ``[C, model_bins, T]`` -> complex stems.
+
+    ``wiener`` 0: the mask on the mixture, the mixture's phase.  ``wiener`` N > 0: the instrumental refined
+    by N iterations of multichannel Wiener filtering (``norbert``'s EM over the frames given: each stem's
+    spatial covariance per bin is fitted, then the stems are re-estimated from the stereo mixture, so the
+    phase is no longer the mixture's).  The vocals are always the rest: the stems add up to the mixture.
+    """
+    full = full_bins(mask)
+    instrumental = spec * full
+    if wiener and spec.shape[-1]:
+        import norbert
+
+        magnitude = np.abs(spec)
+        v = np.stack([full * magnitude, (1 - full) * magnitude], axis=-1)
+        v = v.transpose(2, 1, 0, 3)  # [T, F, C, 2]
+        x = spec.transpose(2, 1, 0).astype(np.complex128)  # [T, F, C]; norbert scales it in place
+        y = norbert.wiener(v.astype(np.float64), x, iterations=wiener, use_softmask=False)
+        instrumental = y[..., 0].transpose(2, 1, 0).astype(spec.dtype)
     return {"instrumental": instrumental, "vocals": spec - instrumental}
 
 
@@ -200,12 +216,13 @@ class Separator:
     ``chunk_frames`` defaults to the crop the model was trained on (``loader.crop_frames``) and
     ``overlap`` to a quarter of it; ``shifts`` passes with shifted chunks are averaged (``tta`` is
     ``shifts=2``); ``precision`` "auto" is bf16 on CUDA where supported (else fp16), fp16 on MPS and fp32
-    on the CPU.  ``overrides`` is merged over the model file's config.
+    on the CPU.  ``overrides`` is merged over the model file's config.  ``wiener``: iterations of
+    the multichannel Wiener post-filter (``apply_mask``; 0: the mask alone).
     """
 
     def __init__(self, model_path: str | Path, device: str = "cpu", chunk_frames: int | None = None,
                  overlap: int | None = None, tta: bool = False, batch_size: int = 1, precision: str = "auto",
-                 overrides: dict | None = None, shifts: int = 1):
+                 overrides: dict | None = None, shifts: int = 1, wiener: int = 0):
         self.device = pick_device(device)
         self.model_path = Path(model_path)
         self.model, self.config = load_model(model_path, self.device, overrides)
@@ -213,6 +230,7 @@ class Separator:
         self.chunk = chunk_frames or self.config.loader.crop_frames
         self.overlap = self.chunk // 4 if overlap is None else overlap
         self.shifts, self.batch_size = max(shifts, 2 if tta else 1), batch_size
+        self.wiener = wiener
         self.dtype = autocast_dtype(self.device, precision)
         ChunkedMasker(self._predict, self.chunk, self.overlap, self.shifts)  # check the chunk settings now
 
@@ -316,7 +334,7 @@ class Separator:
                 return
             frames = np.concatenate(pending, axis=2)
             pending[:] = [frames[:, :, mask.shape[2] :]]
-            for stem, spec in apply_mask(frames[:, :, : mask.shape[2]], mask).items():
+            for stem, spec in apply_mask(frames[:, :, : mask.shape[2]], mask, self.wiener).items():
                 if stem in synthesis:
                     write(stem, synthesis[stem].push(spec))
             if bar is not None:  # seconds done: the last frame's centre is just before the end

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from specbert.configs.audio import AudioConfig
+from specbert.inference.evaluate import METRICS, find_tracks, ideal_ratio_mask, load_track, score
 from specbert.pipeline.audio import read_audio
-from specbert.train.evaluate import METRICS, find_tracks, ideal_ratio_mask, load_track, score
 
 STEMS = {"instrumental": "accompaniment", "vocals": "vocals"}  # our stem -> the estimate file's name
 

@@ -14,11 +14,11 @@ from typing import Literal
 @dataclass
 class ModelConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64, 64, 64)  # conv channels per level; depth = len
-    # The network's view of its input (the mask still multiplies the linear magnitudes): x ** input_power,
-    # then a learned scale and offset per bin and channel (Open-Unmix's input normalisation, carried in
-    # the model's weights).  Magnitudes normalised by the track's peak are mostly 1e-4..1e-2: linear,
-    # the first convolutions see a few loud bins and little else.
-    input_power: float = 0.3
+    # The network's view of its input (the mask always multiplies the linear magnitudes): x ** input_power
+    # (1: linear; below 1 compresses), then a learned scale and offset per bin and channel (Open-Unmix's
+    # input normalisation, carried in the model's weights).  Linear measured best when fine-tuning on
+    # real music (benchmarks/README.md).
+    input_power: float = 1.0
     kernel_size: int = 3  # frequency kernel k of the (k, 1) frame convolutions (odd)
     encoder_blocks: tuple[int, ...] = (1, 1, 1, 2, 2, 2)  # transformer encoder blocks per level
     decoder_blocks: tuple[int, ...] = (0, 1, 1, 2, 2)  # transformer decoder blocks per level but the deepest

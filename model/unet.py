@@ -128,11 +128,11 @@ class DecoderLevel(nn.Module):
 
 
 class InputNorm(nn.Module):
-    """The network's features of its input: ``x ** power``, then a learned per-bin, per-channel scale and
-    offset (starting at 1 and 0).  ``x [B, C, F, T]`` in [0, 1] -> same shape.
+    """The network's features of its input: ``x ** power`` (1: ``x``), then a learned per-bin, per-channel
+    scale and offset (starting at 1 and 0).  ``x [B, C, F, T]`` in [0, 1] -> same shape.
 
-    The compression spreads normalised magnitudes (mostly 1e-4..1e-2 of the track's peak) over a range the
-    convolutions can use; the affine lets each bin find its own level, and travels with the model.
+    The affine lets each bin find its own level (magnitudes normalised by the track's peak are mostly
+    1e-4..1e-2, and the loud bins are few), and travels with the model into every exported file.
     """
 
     def __init__(self, channels: int, bins: int, power: float):
@@ -142,7 +142,9 @@ class InputNorm(nn.Module):
         self.offset = nn.Parameter(torch.zeros(channels, bins, 1))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x.clamp_min(0).pow(self.power) * self.scale + self.offset
+        if self.power != 1.0:
+            x = x.clamp_min(0).pow(self.power)
+        return x * self.scale + self.offset
 
 
 class SpecUNet(nn.Module):

@@ -1,38 +1,42 @@
 """The specbert model: a U-Net over frequency with transformer blocks over STFT frames.
 
-model = build_model(load_config("tiny"))   # a Config (configs.load_config reads presets) or a ModelConfig
+model = build_model("tiny")            # a preset name or YAML file (configs reads it), a Config, ...
 mask, next_logit = model(x)            # x [B, 2, 1024, T] in [0, 1]; prediction = x * mask
 print(describe(model))                 # parameter counts
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import nn
 
-from specbert.configs import Config
+from specbert.configs import Config, load_config
 from specbert.configs.audio import AudioConfig
 from specbert.configs.model import ModelConfig
 from specbert.model.discriminator import Discriminator
 from specbert.model.unet import SpecUNet
 
 
-def resolve(config: Config | ModelConfig) -> tuple[ModelConfig, AudioConfig]:
-    """A run's Config, or a model section alone (default audio) -> (model section, audio section)."""
+def resolve(config: str | Path | Config | ModelConfig) -> tuple[ModelConfig, AudioConfig]:
+    """A preset name or YAML file (``configs.load_config`` reads it), a run's Config, or a model section
+    alone (default audio) -> (model section, audio section)."""
     if isinstance(config, ModelConfig):
         return config, AudioConfig()
+    if isinstance(config, str | Path):
+        config = load_config(config)
     if not isinstance(config, Config):
-        raise TypeError(f"expected a Config or a ModelConfig, got {config!r} (a preset name or YAML file: "
-                        "build_model(specbert.configs.load_config(name)))")
+        raise TypeError(f"expected a preset name, a YAML file, a Config or a ModelConfig, got {config!r}")
     return config.model, config.audio
 
 
-def build_model(config: Config | ModelConfig) -> SpecUNet:
+def build_model(config: str | Path | Config | ModelConfig) -> SpecUNet:
     """The model of ``config``: ``forward(x [B, 2, 1024, T]) -> (mask [B, 2, 1024, T], next_logit [B])``."""
     model_cfg, audio = resolve(config)
     return SpecUNet(model_cfg, bins=audio.model_bins, in_channels=audio.channels)
 
 
-def build_discriminator(config: Config | ModelConfig) -> Discriminator:
+def build_discriminator(config: str | Path | Config | ModelConfig) -> Discriminator:
     """The discriminator of ``config``: ``forward(x [B, 2, 1024, T]) -> logits [B, 1024 / 2**layers, T]``."""
     model_cfg, audio = resolve(config)
     return Discriminator(audio.channels, model_cfg.disc_channels, model_cfg.disc_layers)

@@ -68,7 +68,7 @@ def main():
 
     \b
     1. ingest     a music library into STFT shards (Dask, several drives)
-    2. pretrain   BERT-style on those shards (masked spans, next segment)
+    2. pretrain   BERT-style on those shards (masked spans reconstructed from context)
     3. finetune   on mixture/stems pairs, then export, separate and evaluate
     """
 
@@ -113,7 +113,8 @@ def example(out, seed, artists, albums_per_artist, songs_per_album, seconds, ste
               help="Default: cuda when available.")
 @config_options
 def pretrain(manifest, run_dir, steps, resume, device, cfg):
-    """Pretrain the model on the shards listed in --manifest (masked spans, next segment).
+    """Pretrain the model on the shards listed in --manifest (masked spans reconstructed from context;
+    validation reports context_gain against trivial rules, see train/context.py).
 
     \b
     Several GPUs or nodes: torchrun --nproc_per_node N $(which specbert) pretrain ...
@@ -192,16 +193,24 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
 @click.option("--init", "init", required=True, type=click.Path(exists=True, path_type=Path),
               help="The pretraining run (or checkpoint, or exported model) the pretrained arm starts from.")
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="RUN_DIR/pretrained and RUN_DIR/scratch hold the two fine-tunes; the report goes here.")
+              help="RUN_DIR/seed_S/{pretrained,scratch} hold the fine-tunes; the report goes here.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Step budget of each arm.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run both arms for this many seeds (train.seed and up); the report gives mean and spread.")
+@click.option("--test", "test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A MUSDB18-HQ-layout stems folder: score every arm's exported model on its --split tracks "
+                   "as `specbert evaluate` does.")
+@click.option("--split", default="test", show_default=True, help="Subfolder of --test (if present).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
               help="Default: cuda when available.")
 @config_options
-def compare(manifest, init, run_dir, steps, device, cfg):
-    """Does pretraining help?  Fine-tune from --init and from scratch with the same budget and seed, and
-    report validation uSDR over the steps for both (compare.json, compare.md, compare.png).
+def compare(manifest, init, run_dir, steps, seeds, test, split, device, cfg):
+    """Does pretraining help?  Fine-tune from --init and from scratch with the same budget, data and seed, for
+    --seeds seeds, and report validation uSDR over the steps, and with --test the test-split uSDR of the
+    exported models: per arm the mean and spread over seeds, and the gain (compare.json, compare.md,
+    compare.png).
 
-    Run it again to continue both arms (they resume from their checkpoints).
+    Run it again to continue every arm (they resume from their checkpoints).
     """
     from specbert.inference.export import ExportError
     from specbert.train.checkpoint import CheckpointError
@@ -210,8 +219,8 @@ def compare(manifest, init, run_dir, steps, device, cfg):
     if steps is not None:
         cfg.finetune.steps = steps
     try:
-        report, paths = run(cfg, manifest, init, run_dir, device, log=log.info)
-    except (CheckpointError, ExportError, ConfigError) as err:
+        report, paths = run(cfg, manifest, init, run_dir, seeds, test, split, device, log=log.info)
+    except (CheckpointError, ExportError, ConfigError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from None
     from specbert.train.compare import markdown
 

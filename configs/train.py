@@ -27,12 +27,15 @@ class TrainConfig:
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: str = ""  # torch.compile backend of the trained models: "inductor" fuses kernels; "" off
     # Losses (pretraining; fine-tuning reads l1_weight and the adversarial settings).
+    # Pretraining's objective (train/pretrain.py); the reference design's: mask, 1.0, next_weight 1.0.
+    reconstruct: Literal["mask", "head"] = "head"  # masked frames predicted as input x mask, or by the head
+    loss_power: float = 0.3  # pretraining's L1 compares magnitudes ** loss_power (1: linear magnitudes)
     masked_weight: float = 1.0  # L1 on the masked frames
     unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)
-    next_weight: float = 1.0  # BCE of the next-segment head (0: task off)
+    next_weight: float = 0.0  # BCE of the next-segment head (0: task off; its gradients swamp the L1's)
     l1_weight: float = 1.0  # factor on the L1 terms (100 in the reference adversarial variant)
     adv_weight: float = 0.0  # adversarial generator loss (0: no discriminator)
-    initial_mask: float = 1e-3  # pretraining: the mask head's initial output (see train/pretrain.py)
+    initial_mask: float = 1e-3  # pretraining: the first prediction of a white token (train/pretrain.py)
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.5, 0.999)
     # Bookkeeping (in optimizer steps; 0 switches a feature off).
@@ -57,6 +60,8 @@ class TrainConfig:
         weights = self.masked_weight, self.unmasked_weight, self.next_weight, self.l1_weight, self.adv_weight
         if min(weights) < 0:
             raise ValueError("loss weights must be >= 0")
+        if not 0.0 < self.loss_power <= 1.0:
+            raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
         if not 0.0 < self.initial_mask < 1.0:
             raise ValueError(f"initial_mask must be in (0, 1), got {self.initial_mask}")
         if min(self.log_every, self.val_every, self.val_batches, self.preview_every,

@@ -66,7 +66,13 @@ from specbert.configs.audio import AudioConfig
 from specbert.configs.loader import LoaderConfig
 from specbert.pipeline.batch_ring import Deferred
 from specbert.pipeline.manifest import Manifest, read_manifest
-from specbert.pipeline.masking import mask_batch, mask_sample, next_segment_pairs, write_separator
+from specbert.pipeline.masking import (
+    mask_batch,
+    mask_sample,
+    next_segment_pairs,
+    seam_frames,
+    write_separator,
+)
 from specbert.pipeline.schema import OK, SPECTROGRAM, TRAIN
 from specbert.pipeline.spectral import clip_magnitudes, model_view, peak_scale
 from specbert.pipeline.stages import (
@@ -211,8 +217,8 @@ def write_crop(sample: dict, cfg: LoaderConfig, target: torch.Tensor):
     for window, frames in zip(sample["halves"], (target[..., :half], target[..., half:]), strict=True):
         window.write(frames)
     if cfg.next_segment:
-        width = cfg.token_frames // 2
-        write_separator(target, half - width, half + width)
+        seam = seam_frames(target.shape[-1], cfg.token_frames)
+        write_separator(target, seam.start, seam.stop)
 
 
 def defer_crop(sample: dict, cfg: LoaderConfig, bins: int, with_input: bool = True) -> dict:

@@ -32,6 +32,12 @@ def write_separator(spec: torch.Tensor, start: int, stop: int):
     spec[..., 0::2, start:stop] = 1.0
 
 
+def seam_frames(crop_frames: int, token_frames: int) -> slice:
+    """The frames of a pair's seam (the separator): ``token_frames // 2`` each side of the middle."""
+    half, width = crop_frames // 2, token_frames // 2
+    return slice(half - width, half + width)
+
+
 def seam_tokens(n_tokens: int) -> tuple[int, int]:
     """The two tokens the seam of a pair touches (the last of the first half, the first of the second)."""
     return n_tokens // 2 - 1, n_tokens // 2
@@ -110,4 +116,3 @@ def mask_sample(sample: dict, cfg: LoaderConfig, rng: np.random.Generator) -> di
     kinds = torch.from_numpy(select_tokens(n_tokens, cfg, rng, exclude))
     masked = (kinds > 0).repeat_interleave(cfg.token_frames)
     return {**sample, "kinds": kinds, "masked": masked, "noise_seed": int(rng.integers(2**63))}
-

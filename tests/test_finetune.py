@@ -35,11 +35,15 @@ SMALL = ["loader.crop_frames=64", "loader.crops_per_segment=4", "loader.shuffle_
 
 
 @pytest.fixture(scope="module")
-def manifest(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stems")
-    write_example_stems(root / "stems", seed=0, tracks=6)
+def stems_root(tmp_path_factory) -> Path:
+    return write_example_stems(tmp_path_factory.mktemp("stems") / "stems", seed=0, tracks=6)
+
+
+@pytest.fixture(scope="module")
+def manifest(stems_root) -> Path:
     cfg = load_config("tiny", ["ingest.workers=1", "ingest.val_fraction=0.1"])
-    summary = ingest_stems([root / "stems"], [root / "shards"], cfg, progress=False, log=lambda _: None)
+    summary = ingest_stems([stems_root], [stems_root.parent / "shards"], cfg, progress=False,
+                           log=lambda _: None)
     return summary.manifest
 
 
@@ -219,23 +223,39 @@ def test_a_finetune_of_the_tiny_model_beats_the_mixture_floor(manifest, tmp_path
     assert "validation uSDR instrumental" in result.output
 
 
-def test_compare_runs_both_arms_and_reports(manifest, init_file, tmp_path):
+def test_compare_runs_both_arms_for_each_seed_and_scores_the_test_split(manifest, stems_root, init_file,
+                                                                       tmp_path):
     run_dir = tmp_path / "cmp"
     args = ["compare", "--config", "tiny", "--manifest", str(manifest), "--init", str(init_file),
-            "--run-dir", str(run_dir), "--steps", "2", "--device", "cpu", "--set", "train.val_every=2",
-            "--set", "train.val_batches=1"]
+            "--run-dir", str(run_dir), "--steps", "2", "--seeds", "2", "--test", str(stems_root),
+            "--device", "cpu", "--set", "train.val_every=2", "--set", "train.val_batches=1"]
     for s in SMALL:
         args += ["--set", s]
     result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
                             cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dir / "compare.json").read_text())
-    assert set(report["arms"]) == {"pretrained", "scratch"}
-    for arm in report["arms"].values():
-        assert arm["final"]["step"] == 2 and np.isfinite(arm["final"]["usdr_instrumental"])
-    assert (run_dir / "pretrained/init.json").exists() and not (run_dir / "scratch/init.json").exists()
+    assert report["seeds"] == [0, 1]
+    assert [(r["seed"], r["arm"]) for r in report["runs"]] == [(0, "pretrained"), (0, "scratch"),
+                                                                (1, "pretrained"), (1, "scratch")]
+    for run in report["runs"]:
+        arm_dir = run_dir / f"seed_{run['seed']}" / run["arm"]
+        assert run["final"]["step"] == 2 and np.isfinite(run["final"]["usdr_instrumental"])
+        assert (arm_dir / "init.json").exists() == (run["arm"] == "pretrained")
+        # the test figures are `specbert evaluate`'s on the exported model of the arm
+        evaluation = json.loads((arm_dir / "evaluation.json").read_text())
+        assert evaluation["split"] == "test" and evaluation["tracks_count"] == 1
+        assert run["test"]["usdr_vocals"] == evaluation["overall"]["model"]["vocals"]["usdr"]
+        assert run["test"]["floor_usdr_vocals"] == evaluation["overall"]["mixture"]["vocals"]["usdr"]
+    runs = {(r["seed"], r["arm"]): r for r in report["runs"]}
+    test = {key: run["test"]["usdr_instrumental"] for key, run in runs.items()}
+    gains = [test[s, "pretrained"] - test[s, "scratch"] for s in (0, 1)]
+    assert report["gain_db"]["test_usdr_instrumental"]["mean"] == pytest.approx(np.mean(gains))
+    assert report["gain_db"]["test_usdr_instrumental"]["std"] == pytest.approx(np.std(gains, ddof=1))
+    assert runs[0, "scratch"]["final"] != runs[1, "scratch"]["final"]  # the seeds differ
     assert (run_dir / "compare.png").stat().st_size > 0
-    assert "| pretrained | 2 |" in (run_dir / "compare.md").read_text()
+    text = (run_dir / "compare.md").read_text()
+    assert "| pretrained |" in text and "±" in text and "test instrumental" in text
     assert "mixture (floor)" in result.stdout
 
 

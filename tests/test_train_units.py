@@ -20,7 +20,6 @@ from specbert.train.checkpoint import (
 )
 from specbert.train.losses import cut_tokens, discriminator_loss, frozen_call, generator_adv_loss, region_l1
 from specbert.train.optim import build_optimizer, lr_factor
-from specbert.train.pretrain import neighbour_mean
 from specbert.train.rng import rng_state, seed_all, set_rng_state
 
 
@@ -41,24 +40,6 @@ def test_cut_tokens_takes_the_selected_tokens_of_every_item():
     tokens = cut_tokens(spec, selected, 4)
     assert tokens.shape == (2, 1, 3, 4)
     assert torch.equal(tokens[0], spec[0, :, :, 4:8]) and torch.equal(tokens[1], spec[1, :, :, 0:4])
-
-
-def test_neighbour_mean_matches_a_loop():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(3, 2, 5, 12, generator=g)
-    masked = torch.rand(3, 12, generator=g) < 0.5
-    masked[2] = True  # no neighbour at all -> 0
-    out = neighbour_mean(x, masked)
-    for b in range(3):
-        for t in range(12):
-            if not masked[b, t]:
-                expect = x[b, :, :, t]
-            else:
-                left = [s for s in range(t) if not masked[b, s]]
-                right = [s for s in range(t + 1, 12) if not masked[b, s]]
-                near = ([left[-1]] if left else []) + ([right[0]] if right else [])
-                expect = x[b, :, :, near].mean(-1) if near else torch.zeros(2, 5)
-            torch.testing.assert_close(out[b, :, :, t], expect)
 
 
 def test_adversarial_losses_and_frozen_call():

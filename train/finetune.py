@@ -39,9 +39,9 @@ from specbert.model import build_model
 from specbert.pipeline.schema import TRAIN
 from specbert.pipeline.spectral import istft, model_input
 from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
+from specbert.train.context import db_image
 from specbert.train.distributed import unwrap
 from specbert.train.losses import compressed, frozen_call, l1
-from specbert.train.pretrain import db_image
 from specbert.train.rng import derive_seed
 from specbert.train.trainer import launch
 

@@ -2,19 +2,25 @@
 
 Batches (``ManifestData``: ``pipeline.loader.build_pretrain_loader``; or ``SyntheticData``):
 ``input`` and ``target`` ``[B, C, F, T]`` float16 in [0, 1], ``masked`` ``[B, T]`` bool (whole tokens),
-``is_next`` ``[B]``.  The model predicts ``input * mask``.
+``kinds`` ``[B, tokens]`` (``pipeline.masking``), ``is_next`` ``[B]``.
 
-Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)``
-``+ next_weight * BCE(next_logit, is_next)`` ``+ adv_weight * BCE(D(reconstructed tokens), 1)``;
-the discriminator (``adv_weight > 0``) learns true vs reconstructed masked tokens cut into a batch
-of their own.
+The prediction of the masked frames (``train.reconstruct``):
 
-The mask head starts at ``train.initial_mask``, not 0.5: on a white token (80% of the selected ones)
-the input is 1.0, so the prediction there is the mask itself, and the targets are normalised
-magnitudes, mostly tiny (on the example library the masked frames' median is about 1e-3, their
-mean 5e-3).  From a mask of 0.5, Adam moves the logits by about ``lr`` per step, and the masked L1
-stayed near 0.43 for hundreds of steps; from logit(1e-3) it starts near the best constant (the
-median, for L1).  Down there sigmoid(z) is about exp(z): the head predicts log-magnitudes.
+- ``mask`` (the reference design): ``input * mask``.  On a white token (input 1.0) that is the mask
+  itself, a sigmoid squeezed near 0 (targets are mostly 1e-4..1e-2), so the head starts at
+  ``train.initial_mask``, and no white token shows the model a value to scale;
+- ``head``: the head's output is the prediction itself, a magnitude ``** loss_power`` in [0, 1].  The
+  mask head is started afresh for fine-tuning (``finetune.fresh``), so pretraining may use it this way.
+
+Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)`` on magnitudes
+``** train.loss_power`` (1: linear, where L1 is dominated by a few loud bins and its optimum, the
+median, is near 0) ``+ next_weight * BCE(next_logit, is_next)`` ``+ adv_weight * BCE(D(reconstructed
+tokens), 1)``; the discriminator (``adv_weight > 0``) learns true vs reconstructed masked tokens cut into
+a batch of their own.
+
+Validation scores the model against rules that need no learning (``train.context``) on the masked frames
+whose input hides them (white and noise tokens): ``db_error`` (the fixed measure) and ``l1_masked`` (the
+training loss) of the model and of each rule, and ``context_gain``.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ from torch import Tensor, nn
 
 from specbert.configs import Config
 from specbert.model import build_discriminator, build_model
+from specbert.pipeline.masking import NOISE, WHITE, seam_frames
 from specbert.pipeline.schema import TRAIN, VALIDATION
+from specbert.train.context import TRIVIAL, context_gain, db_error, db_image, interpolation
 from specbert.train.distributed import unwrap
 from specbert.train.losses import (
+    compressed,
     cut_tokens,
     discriminator_loss,
     frozen_call,
@@ -94,7 +103,7 @@ class ManifestData:
 class SyntheticData:
     """``count`` random in-memory batches of the loader's form, for tests and benchmarks: every epoch
     and every validation pass gives the same batches.  Targets are noise with a spectral tilt; about
-    ``mask_rate`` of the tokens are masked (white)."""
+    ``mask_rate`` of the tokens are masked (white).  Next-segment pairs are not built (no separator)."""
 
     def __init__(self, cfg: Config, count: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -109,6 +118,7 @@ class SyntheticData:
             masked = tokens.repeat_interleave(k, dim=1)
             x = torch.where(masked[:, None, None, :], torch.ones((), dtype=torch.float16), target)
             self.batches.append({"input": x, "target": target, "masked": masked,
+                                 "kinds": tokens.to(torch.int8) * WHITE,
                                  "is_next": torch.rand(b, generator=g) < 0.5})
 
     def train(self, epoch: int):
@@ -126,6 +136,7 @@ class PretrainTask:
 
     def __init__(self, cfg: Config, data: PretrainData):
         self.cfg, self.tc, self.data = cfg, cfg.train, data
+        self.pairs = cfg.loader.next_segment and self.tc.next_weight > 0  # as ManifestData's loader
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
         return self.data.train(epoch)
@@ -138,7 +149,8 @@ class PretrainTask:
 
     def build_models(self) -> dict[str, nn.Module]:
         model = build_model(self.cfg)
-        model.mask_head.start_at(self.tc.initial_mask)
+        model.mask_head.start_at(self.tc.initial_mask ** self.tc.loss_power if self.tc.reconstruct == "head"
+                                 else self.tc.initial_mask)
         if self.tc.next_weight == 0:
             model.next_head.requires_grad_(False)  # no loss reaches it
         models = {"model": model}
@@ -155,12 +167,24 @@ class PretrainTask:
         b, _, _, t = batch["input"].shape
         return b, b * t
 
+    def compress(self, spec: Tensor) -> Tensor:
+        """Magnitudes -> the loss's domain, ``** train.loss_power`` (float32)."""
+        return compressed(spec, self.tc.loss_power)
+
+    def predict(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's reconstruction of ``x`` in the loss's domain and as magnitudes, and its next-segment
+        logit (see the module docstring)."""
+        mask, next_logit = model(x)
+        if self.tc.reconstruct == "mask":
+            linear = x * mask
+            return self.compress(linear), linear, next_logit
+        return mask, mask ** (1 / self.tc.loss_power), next_logit
+
     def losses(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, Tensor]:
         tc = self.tc
         x, target, masked = batch["input"].float(), batch["target"], batch["masked"]
-        mask, next_logit = models["model"](x)
-        pred = x * mask
-        l1_masked, l1_unmasked = region_l1(pred, target, masked)
+        pred, linear, next_logit = self.predict(models["model"], x)
+        l1_masked, l1_unmasked = region_l1(pred, self.compress(target), masked)
         out = {"l1_masked": l1_masked, "l1_unmasked": l1_unmasked}
         loss = tc.l1_weight * (tc.masked_weight * l1_masked + tc.unmasked_weight * l1_unmasked)
         if tc.next_weight > 0:
@@ -169,65 +193,66 @@ class PretrainTask:
             loss = loss + tc.next_weight * out["next_bce"]
         if "disc" in models:
             k = self.cfg.loader.token_frames
-            fake, real = cut_tokens(pred, masked, k), cut_tokens(target.float(), masked, k)
+            fake, real = cut_tokens(linear, masked, k), cut_tokens(target.float(), masked, k)
             out["adv"] = generator_adv_loss(frozen_call(unwrap(models["disc"]), fake))
             out["disc"] = discriminator_loss(*models["disc"](torch.cat([real, fake.detach()])).chunk(2))
             loss = loss + tc.adv_weight * out["adv"] + out["disc"]  # disjoint graphs: see frozen_call
         out["loss"] = loss
         return out
 
+    def known_frames(self, masked: Tensor) -> Tensor:
+        """``[B, T]``: the frames a trivial rule may use: neither masked nor the pair's separator."""
+        known = ~masked
+        if self.pairs:
+            known = known.clone()
+            known[:, seam_frames(masked.shape[1], self.cfg.loader.token_frames)] = False
+        return known
+
+    def hidden_frames(self, batch: Batch) -> Tensor:
+        """``[B, T]``: the masked frames whose input hides them (white and noise tokens; a kept token shows
+        the answer)."""
+        kinds = batch["kinds"]
+        hidden = (kinds == WHITE) | (kinds == NOISE)
+        return hidden.repeat_interleave(self.cfg.loader.token_frames, dim=1).to(batch["masked"].device)
+
     def validate(self, models: dict[str, nn.Module], batches: Iterable[Batch]) -> dict[str, float]:
-        """Masked L1 and next-segment accuracy of the model and of trivial baselines: the mean of the
-        unmasked neighbour frames (``baseline_``), silence (``silence_``: predicting 0 everywhere,
-        i.e. the masked targets' mean), and always answering the commoner next-segment label."""
-        totals = np.zeros(5)
+        """The model and the trivial rules (``train.context.TRIVIAL``) on the hidden frames: ``db_error``
+        and ``db_error_<rule>`` (the fixed measure), ``l1_masked`` and ``l1_masked_<rule>`` (the training
+        loss's masked term), ``context_gain``; next-segment accuracy and that of always answering the
+        commoner label."""
+        sums: Counter = Counter()
         batches_seen = 0
         for batch in batches:
-            x, target, masked, is_next = (batch["input"].float(), batch["target"], batch["masked"],
-                                          batch["is_next"])
-            mask, next_logit = models["model"](x)
-            totals += [region_l1(x * mask, target, masked)[0].item(),
-                       region_l1(neighbour_mean(x, masked), target, masked)[0].item(),
-                       region_l1(torch.zeros_like(x), target, masked)[0].item(),
-                       next_accuracy(next_logit, is_next).item(),
-                       is_next.float().mean().item()]
+            x, target, is_next = batch["input"].float(), batch["target"], batch["is_next"]
+            hidden, known = self.hidden_frames(batch), self.known_frames(batch["masked"])
+            _, linear, next_logit = self.predict(models["model"], x)
+            guesses = {"": linear, **{f"_{name}": rule(x, known) for name, rule in TRIVIAL.items()}}
+            for suffix, guess in guesses.items():
+                sums[f"db_error{suffix}"] += db_error(guess, target, hidden).item()
+                sums[f"l1_masked{suffix}"] += region_l1(self.compress(guess), self.compress(target),
+                                                        hidden)[0].item()
+            sums["next_acc"] += next_accuracy(next_logit, is_next).item()
+            sums["positives"] += is_next.float().mean().item()
             batches_seen += 1
-        l1, base_l1, silence_l1, acc, positives = totals / max(batches_seen, 1)
-        metrics = {"l1_masked": l1, "baseline_l1_masked": base_l1, "silence_l1_masked": silence_l1}
+        metrics = {k: v / max(batches_seen, 1) for k, v in sums.items()}
+        positives, acc = metrics.pop("positives"), metrics.pop("next_acc")
+        errors = {"model": metrics["db_error"], **{name: metrics[f"db_error_{name}"] for name in TRIVIAL}}
+        metrics["context_gain"] = context_gain(errors)
         if self.tc.next_weight > 0:
             metrics.update(next_acc=acc, baseline_next_acc=max(positives, 1 - positives))
         return metrics
 
     def preview(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, np.ndarray]:
-        """Left channel of the first item: target, masked input, prediction (dB scale) and the mask."""
-        x = batch["input"][:1].float()
-        mask, _ = models["model"](x)
+        """Left channel of the first item, one colour scale (``train.context.db_image``): target, masked
+        input, the model's reconstruction of the masked frames (the input elsewhere) and the linear
+        interpolation across each gap (a trivial rule)."""
+        x, masked = batch["input"][:1].float(), batch["masked"][:1]
+        _, linear, _ = self.predict(models["model"], x)
+        filled = torch.where(masked[:, None, None, :], linear, x)
         return {"target": db_image(batch["target"][0, 0]), "masked input": db_image(x[0, 0]),
-                "prediction": db_image((x * mask)[0, 0]), "mask": mask[0, 0].float().cpu().numpy()}
+                "reconstruction": db_image(filled[0, 0]),
+                "interpolation": db_image(interpolation(x, self.known_frames(masked))[0, 0])}
 
 
 def next_accuracy(logit: Tensor, is_next: Tensor) -> Tensor:
     return ((logit > 0) == is_next.bool()).float().mean()
-
-
-def neighbour_mean(x: Tensor, masked: Tensor) -> Tensor:
-    """The trivial reconstruction: each masked frame becomes the mean of the nearest unmasked frame on
-    its left and on its right (whichever exist; 0 if none).  ``x [B, C, F, T]``, ``masked [B, T]``."""
-    b, c, f, t = x.shape
-    idx = torch.arange(t, device=x.device).expand(b, t)
-    left = torch.where(masked, -1, idx).cummax(dim=1).values
-    right = torch.where(masked, t, idx).flip(1).cummin(dim=1).values.flip(1)
-    has_left, has_right = (left >= 0).to(x.dtype), (right < t).to(x.dtype)
-
-    def frames(index: Tensor) -> Tensor:
-        return x.gather(3, index.clamp(0, t - 1)[:, None, None, :].expand(b, c, f, t))
-
-    total = frames(left) * has_left[:, None, None] + frames(right) * has_right[:, None, None]
-    guess = total / (has_left + has_right).clamp_min(1)[:, None, None]
-    return torch.where(masked[:, None, None, :], guess, x)
-
-
-def db_image(spec: Tensor, floor_db: float = -80.0) -> np.ndarray:
-    """Magnitudes in [0, 1] -> dB mapped to [0, 1] (``floor_db`` and below -> 0)."""
-    db = 20 * torch.log10(spec.float().clamp_min(10 ** (floor_db / 20)))
-    return (1 - db / floor_db).cpu().numpy()

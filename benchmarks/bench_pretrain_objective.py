@@ -35,6 +35,7 @@ VARIANTS = {
     "head_input": SEED + HEAD + ["model.input_power=0.3"],  # ... from compressed input
     "head_input_no_next": SEED + HEAD + ["model.input_power=0.3", "train.next_weight=0"],
     "input_only": SEED + ["model.input_power=0.3"],
+    "head_no_next": SEED + HEAD + ["train.next_weight=0"],  # the defaults
 }
 BEST = VARIANTS["head_input_no_next"]
 VARIANTS.update({

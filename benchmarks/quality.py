@@ -69,33 +69,34 @@ def train(stems: Path, work: Path, config: str, minutes: float, overrides: list[
             **json.loads((work / "train.json").read_text())}
 
 
-def separate(model: Path, tracks: list[Path], est: Path, threads: int | None, extra: list[str]) -> None:
+def separate(model: Path, tracks: list[dict], est: Path, threads: int | None, extra: list[str]) -> None:
     """``specbert separate`` of each test mixture into ``est/<track>/{accompaniment,vocals}.wav``."""
-    for folder in tracks:
-        out = est / folder.name
+    for track in tracks:
+        out = est / track["name"]
         if all((out / f"{name}.wav").exists() for name in STEMS.values()):
             continue
         scratch = est / ".separating"
         shutil.rmtree(scratch, ignore_errors=True)
-        specbert("separate", str(model), str(folder / "mixture.wav"), "-o", str(scratch), *extra,
-                 threads=threads)
+        mixture = Path(track["files"]["mixture"])
+        specbert("separate", str(model), str(mixture), "-o", str(scratch), *extra, threads=threads)
         out.mkdir(parents=True, exist_ok=True)
         for stem, name in STEMS.items():
-            (scratch / f"mixture_{stem}.wav").rename(out / f"{name}.wav")
+            (scratch / f"{mixture.stem}_{stem}.wav").rename(out / f"{name}.wav")
         shutil.rmtree(scratch)
 
 
-def score_methods(tracks: list[Path], estimates: dict[str, Path], use_museval: bool) -> dict:
+def score_methods(tracks: list[dict], estimates: dict[str, Path], use_museval: bool) -> dict:
     """``{method: {stem: {metric: overall dB}}}`` for the estimate folders, the floor and the ceiling."""
     audio = AudioConfig()
     per_track: dict[str, list[dict]] = {name: [] for name in (*estimates, "mixture", "irm")}
-    for folder in tracks:
-        mixture, references = load_track(folder, audio)
+    for track in tracks:
+        mixture, references = load_track(track, audio)
         methods = {"mixture": {stem: mixture for stem in STEMS},
                    "irm": ideal_ratio_mask(references, mixture, audio)}
         for name, est in estimates.items():
-            methods[name] = {stem: fit(read_audio(est / folder.name / f"{file}.wav", audio), mixture.shape[1])
-                             for stem, file in STEMS.items()}
+            files = {stem: est / track["name"] / f"{file}.wav" for stem, file in STEMS.items()}
+            methods[name] = {stem: fit(read_audio(path, audio), mixture.shape[1])
+                             for stem, path in files.items()}
         for name, estimate in methods.items():
             per_track[name].append(score(references, estimate, audio.sample_rate, use_museval))
     return {name: {stem: {metric: float(METRICS[metric].reduce([t[stem][metric] for t in scores]))

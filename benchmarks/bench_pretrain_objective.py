@@ -36,6 +36,7 @@ VARIANTS = {
     "head_input_no_next": SEED + HEAD + ["model.input_power=0.3", "train.next_weight=0"],
     "input_only": SEED + ["model.input_power=0.3"],
     "head_no_next": SEED + HEAD + ["train.next_weight=0"],  # the defaults
+    "silent_mask": SEED + HEAD + ["train.next_weight=0", "loader.mask_value=0.0"],  # masked bins 0, not 1
 }
 BEST = VARIANTS["head_input_no_next"]
 VARIANTS.update({

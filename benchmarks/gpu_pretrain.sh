@@ -2,20 +2,21 @@
 # Pretrain `base` in bf16 on a real library for a few minutes and print validation context_gain over the
 # steps (train/context.py): does the objective learn from context at GPU scale?  One device call:
 #
-#   bash benchmarks/gpu_pretrain.sh SOURCE [OUT [SECONDS]]
+#   bash benchmarks/gpu_pretrain.sh SOURCE [OUT [MINUTES]]
 #
 # SOURCE: a music library folder (ingested here first, val_fraction 0.15 by artist) or an ingest
 # manifest.jsonl whose shard paths exist on this machine.  The development library (/tmp/devset/library,
 # 106 min, ~300 MB) is too big to carry to a device machine (64 MiB): copy a part of it that fits
 # (e.g. its OGG and MP3 files, one song per album and the Nexuiz songs for validation) into an ignored
 # folder of the worktree, e.g. runs/gpu-library, and name it in the run's carry.
-# OUT (default: gpu-pretrain) gets the shards, the run directory and the log; SECONDS (default 300) is
-# the pretraining's time limit (SIGTERM: a checkpoint is saved and the records so far are printed).
+# OUT (default: gpu-pretrain) gets the shards, the run directory and the log; MINUTES (default 5) is the
+# pretraining's budget (train.minutes: the learning rate decays over it; validation every 250 steps and
+# at the end).
 # A machine without the loader's packages installs them from ./.whl if that folder holds their wheels.
 set -u
-source=${1:?usage: bash benchmarks/gpu_pretrain.sh LIBRARY|MANIFEST [OUT [SECONDS]]}
+source=${1:?usage: bash benchmarks/gpu_pretrain.sh LIBRARY|MANIFEST [OUT [MINUTES]]}
 out=${2:-gpu-pretrain}
-seconds=${3:-300}
+minutes=${3:-5}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
@@ -41,15 +42,16 @@ else
     manifest=$source
 fi
 
-step "pretrain base, bf16, ${seconds} s"
+step "pretrain base, bf16, ${minutes} min"
 run=$out/run
 rm -rf "$run"
 sets=(--set train.precision=bf16 --set train.effective_batch=8 --set train.warmup_steps=200
-      --set train.steps=3000 --set train.log_every=50 --set train.val_every=250 --set train.val_batches=25
-      --set train.preview_every=500 --set train.checkpoint_every=1000 --set train.num_workers=6)
-timeout -s TERM "$seconds" python3 -m specbert.cli pretrain --config pretrain --manifest "$manifest" \
-    --run-dir "$run" --device cuda "${sets[@]}" > "$out/pretrain.txt" 2>&1
-echo "pretrain exit $? (124/143: stopped by the time limit)"
+      --set train.steps=100000 --set train.minutes="$minutes" --set train.log_every=50
+      --set train.val_every=250 --set train.val_batches=25 --set train.preview_every=500
+      --set train.checkpoint_every=1000 --set train.num_workers=6)
+timeout -s TERM "$(( minutes * 60 + 150 ))" python3 -m specbert.cli pretrain --config pretrain \
+    --manifest "$manifest" --run-dir "$run" --device cuda "${sets[@]}" > "$out/pretrain.txt" 2>&1
+echo "pretrain exit $? (124/143: stopped by the guard's time limit)"
 grep -i -m 3 "error\|traceback" "$out/pretrain.txt"
 
 step "validation over the steps"

@@ -12,7 +12,8 @@ class LoaderConfig:
     segment_pool: int = 8  # decoded segments a crop is drawn from at random (mixes batches; 8.4 MB each)
     token_frames: int = 16  # frames per masked "word"
     mask_rate: float = 0.15  # share of tokens selected
-    mask_white: float = 0.8  # of the selected: set to 1.0
+    mask_white: float = 0.8  # of the selected: every bin set to mask_value
+    mask_value: float = 1.0  # a masked token's bins: 1.0 ("white", the reference design) or e.g. 0 (silent)
     mask_noise: float = 0.1  # of the selected: max(uniform noise, original)
     mask_keep: float = 0.1  # of the selected: left unchanged
     next_segment: bool = True  # build next-segment pairs
@@ -28,6 +29,8 @@ class LoaderConfig:
         split = (self.mask_white, self.mask_noise, self.mask_keep)
         if min(split) < 0 or abs(sum(split) - 1.0) > 1e-6:
             raise ValueError(f"mask_white + mask_noise + mask_keep must be 1, got {split}")
+        if not 0.0 <= self.mask_value <= 1.0:
+            raise ValueError(f"mask_value must be in [0, 1], got {self.mask_value}")
         if self.token_frames <= 0 or self.crop_frames % (2 * self.token_frames):
             raise ValueError(
                 f"crop_frames ({self.crop_frames}) must be a multiple of 2 * token_frames "

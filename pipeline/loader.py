@@ -231,7 +231,7 @@ def defer_crop(sample: dict, cfg: LoaderConfig, bins: int, with_input: bool = Tr
         write_crop(sample, cfg, rows["target"])
         if with_input:
             mask_batch(rows["target"][None], sample["kinds"][None], torch.tensor([sample["noise_seed"]]),
-                       cfg.token_frames, out=rows["input"][None])
+                       cfg.token_frames, out=rows["input"][None], value=cfg.mask_value)
 
     names = ("target", "input") if with_input else ("target",)
     return {
@@ -241,12 +241,12 @@ def defer_crop(sample: dict, cfg: LoaderConfig, bins: int, with_input: bool = Tr
     }
 
 
-def finish_batch(batch: dict, device: torch.device | None, token_frames: int) -> dict:
+def finish_batch(batch: dict, device: torch.device | None, token_frames: int, value: float) -> dict:
     """A batch whose workers left out the masked input -> the documented batch on ``device`` (None:
     where it is), ``input`` built there by ``mask_batch`` (its draws read on the CPU: no device sync)."""
     kinds, seeds = batch["kinds"], batch["noise_seed"]
     batch = batch if device is None else to_device(batch, device, dtype=None)
-    return {**batch, "input": mask_batch(batch["target"], kinds, seeds, token_frames)}
+    return {**batch, "input": mask_batch(batch["target"], kinds, seeds, token_frames, value=value)}
 
 
 @dataclass(frozen=True)
@@ -312,7 +312,8 @@ def build_pretrain_loader(manifest, split: str = TRAIN, batch_size: int = 8, num
         batch_size=batch_size, num_workers=num_workers, seed=seed, resampled=train,
         shuffle_buffer=cfg.shuffle_buffer, epoch_batches=cfg.epoch_batches if train else None,
         what=f"{manifest} ({split})", device=device,
-        finish=partial(finish_batch, token_frames=cfg.token_frames) if input_on_device else None,
+        finish=partial(finish_batch, token_frames=cfg.token_frames, value=cfg.mask_value) if input_on_device
+        else None,
     )
 
 

@@ -4,8 +4,9 @@ The mask policy lives here and only here (its numbers are ``configs.loader.Loade
 
 - a crop ``[C, bins, T]`` is cut into ``T // token_frames`` tokens of ``token_frames`` frames;
 - each token is selected with probability ``mask_rate`` (at least one per crop); each selected
-  token becomes white (every bin 1.0) with probability ``mask_white``, ``max(U(0, 1), original)``
-  with ``mask_noise`` and stays unchanged with ``mask_keep``; the loss covers every selected frame;
+  token becomes white (every bin ``mask_value``, 1.0 by default) with probability ``mask_white``,
+  ``max(U(0, 1), original)`` with ``mask_noise`` and stays unchanged with ``mask_keep``; the loss
+  covers every selected frame;
 - with ``next_segment`` on, the crop's second half is kept with probability ``next_prob``
   (``is_next``) and otherwise replaced by the second half of a recent crop of another track. The
   seam (``token_frames // 2`` frames each side) is overwritten with the separator pattern in input
@@ -85,8 +86,9 @@ def select_tokens(
 
 
 def mask_batch(target: torch.Tensor, kinds: torch.Tensor, noise_seeds: torch.Tensor, token_frames: int,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """The masked input of crops: ``target`` ``[B, C, bins, T]`` with WHITE tokens 1.0 and NOISE tokens
+               out: torch.Tensor | None = None, value: float = 1.0) -> torch.Tensor:
+    """The masked input of crops: ``target`` ``[B, C, bins, T]`` with WHITE tokens ``value`` (the loader's
+    ``mask_value``) and NOISE tokens
     max(U(0, 1), target), into ``out`` (laid out like ``target``) or a new tensor, on ``target``'s
     device. ``kinds`` int8 ``[B, tokens]`` (``select_tokens``) and ``noise_seeds`` int64 ``[B]`` are
     CPU tensors (read without a device sync). Each crop's noise is drawn on the CPU from its own seed,
@@ -100,7 +102,7 @@ def mask_batch(target: torch.Tensor, kinds: torch.Tensor, noise_seeds: torch.Ten
         for token in np.flatnonzero(crop_kinds):
             frames = crop[..., token * token_frames : (token + 1) * token_frames]
             if crop_kinds[token] == WHITE:
-                frames.fill_(1.0)
+                frames.fill_(value)
             elif crop_kinds[token] == NOISE:
                 noise = torch.from_numpy(rng.random(frames.shape, dtype=np.float32))
                 torch.maximum(frames, noise.to(x.device, non_blocking=True).to(x.dtype), out=frames)

@@ -176,6 +176,15 @@ def test_a_higher_mask_rate_and_split_are_configuration(tar_manifest):
     assert abs(np.mean(selected[selected > 0] == 1) - 0.2) < 0.07
 
 
+def test_the_white_value_is_configuration(tar_manifest):
+    """``mask_value``: what a white token's bins become, written by the workers or where batches are used."""
+    for where in ({}, {"device": "cpu", "input_on_device": True}):
+        batch = next(iter(loader(tar_manifest, epoch_batches=1, mask_value=0.0, **where)))
+        white = (batch["kinds"] == 1).repeat_interleave(TOKEN, dim=1)  # [B, T]
+        assert white.any() and (batch["input"].permute(0, 3, 1, 2)[white] == 0).all()
+        assert (batch["target"].permute(0, 3, 1, 2)[white] > 0).any()
+
+
 def frame_owners(manifest: Path) -> dict[bytes, set[str]]:
     """Every normalised frame ``[C, bins]`` of every train segment (either channel order) -> its tracks."""
     owners: dict[bytes, set[str]] = {}

@@ -103,7 +103,8 @@ class ManifestData:
 class SyntheticData:
     """``count`` random in-memory batches of the loader's form, for tests and benchmarks: every epoch
     and every validation pass gives the same batches.  Targets are noise with a spectral tilt; about
-    ``mask_rate`` of the tokens are masked (white).  Next-segment pairs are not built (no separator)."""
+    ``mask_rate`` of the tokens are masked (white: ``loader.mask_value``).  Next-segment pairs are not
+    built (no separator)."""
 
     def __init__(self, cfg: Config, count: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -116,7 +117,8 @@ class SyntheticData:
             tokens = torch.rand(b, t // k, generator=g) < cfg.loader.mask_rate
             tokens[:, 0] |= ~tokens.any(dim=1)  # at least one token masked
             masked = tokens.repeat_interleave(k, dim=1)
-            x = torch.where(masked[:, None, None, :], torch.ones((), dtype=torch.float16), target)
+            white = torch.tensor(cfg.loader.mask_value, dtype=torch.float16)
+            x = torch.where(masked[:, None, None, :], white, target)
             self.batches.append({"input": x, "target": target, "masked": masked,
                                  "kinds": tokens.to(torch.int8) * WHITE,
                                  "is_next": torch.rand(b, generator=g) < 0.5})

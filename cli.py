@@ -61,6 +61,20 @@ def config_options(command):
     return wrapper
 
 
+def check_device(ctx, param, value: str | None) -> str | None:
+    """``--device`` of the training commands: refuse, in one line, a device this machine does not have
+    (as ``separate`` does: ``inference.separate.pick_device``) instead of a failure deep inside the job."""
+    if value is None:
+        return value
+    from specbert.inference.separate import pick_device
+
+    try:
+        pick_device(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="specbert", message="%(prog)s %(version)s")
 def main():
@@ -76,11 +90,14 @@ def main():
 @main.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
-@click.option("--artists", default=3, show_default=True)
-@click.option("--albums", "albums_per_artist", default=2, show_default=True, help="Albums per artist.")
-@click.option("--songs", "songs_per_album", default=2, show_default=True, help="Songs per album.")
-@click.option("--seconds", default=12.0, show_default=True, help="Length of each song.")
-@click.option("--stems", "stem_tracks", default=4, show_default=True,
+@click.option("--artists", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--albums", "albums_per_artist", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Albums per artist.")
+@click.option("--songs", "songs_per_album", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Songs per album.")
+@click.option("--seconds", type=click.FloatRange(min=1.0), default=12.0, show_default=True,
+              help="Length of each song.")
+@click.option("--stems", "stem_tracks", type=click.IntRange(min=0), default=4, show_default=True,
               help="Tracks of the MUSDB18-HQ-layout stems set written to OUT/stems (0: none).")
 @config_options
 def example(out, seed, artists, albums_per_artist, songs_per_album, seconds, stem_tracks, cfg):
@@ -109,7 +126,7 @@ def example(out, seed, artists, albums_per_artist, songs_per_album, seconds, ste
               help="Checkpoints, TensorBoard logs, metrics.jsonl and preview PNGs go here.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Step budget (default: train.steps).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --run-dir (if any).")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, callback=check_device,
               help="Default: cuda when available.")
 @config_options
 def pretrain(manifest, run_dir, steps, resume, device, cfg):
@@ -121,6 +138,7 @@ def pretrain(manifest, run_dir, steps, resume, device, cfg):
     Exit code 0 at the step budget; 143 (SIGTERM) or 130 (SIGINT) after a signal stopped the run
     and a checkpoint was saved: run again with --resume to continue.
     """
+    from specbert.pipeline.manifest import ManifestError
     from specbert.train.checkpoint import CheckpointError
     from specbert.train.pretrain import ManifestData, PretrainTask
     from specbert.train.trainer import launch
@@ -130,7 +148,7 @@ def pretrain(manifest, run_dir, steps, resume, device, cfg):
     try:
         code = launch(lambda c, dev: PretrainTask(c, ManifestData(c, manifest, dev)), cfg, run_dir, resume,
                       device)
-    except (CheckpointError, FileExistsError) as err:
+    except (CheckpointError, FileExistsError, ConfigError, ManifestError) as err:
         raise click.ClickException(str(err)) from None
     sys.exit(code)
 
@@ -161,7 +179,7 @@ def _finetune_summary(run_dir: Path) -> None:
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Step budget (default: finetune.steps).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --run-dir (if any).")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, callback=check_device,
               help="Default: cuda when available.")
 @config_options
 def finetune(manifest, run_dir, init, steps, resume, device, cfg):
@@ -174,6 +192,7 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
     torchrun --nproc_per_node N $(which specbert) finetune ...   Exit codes as for pretrain.
     """
     from specbert.inference.export import ExportError
+    from specbert.pipeline.manifest import ManifestError
     from specbert.train.checkpoint import CheckpointError
     from specbert.train.finetune import finetune as run
 
@@ -181,7 +200,7 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
         cfg.finetune.steps = steps
     try:
         code = run(cfg, manifest, run_dir, init, resume, device, log=log.info)
-    except (CheckpointError, ExportError, FileExistsError, ConfigError) as err:
+    except (CheckpointError, ExportError, FileExistsError, ConfigError, ManifestError) as err:
         raise click.ClickException(str(err)) from None
     _finetune_summary(run_dir)
     sys.exit(code)
@@ -201,7 +220,7 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
               help="A MUSDB18-HQ-layout stems folder: score every arm's exported model on its --split tracks "
                    "as `specbert evaluate` does.")
 @click.option("--split", default="test", show_default=True, help="Subfolder of --test (if present).")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
+@click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, callback=check_device,
               help="Default: cuda when available.")
 @config_options
 def compare(manifest, init, run_dir, steps, seeds, test, split, device, cfg):
@@ -213,6 +232,7 @@ def compare(manifest, init, run_dir, steps, seeds, test, split, device, cfg):
     Run it again to continue every arm (they resume from their checkpoints).
     """
     from specbert.inference.export import ExportError
+    from specbert.pipeline.manifest import ManifestError
     from specbert.train.checkpoint import CheckpointError
     from specbert.train.compare import compare as run
 
@@ -220,7 +240,7 @@ def compare(manifest, init, run_dir, steps, seeds, test, split, device, cfg):
         cfg.finetune.steps = steps
     try:
         report, paths = run(cfg, manifest, init, run_dir, seeds, test, split, device, log=log.info)
-    except (CheckpointError, ExportError, ConfigError, FileNotFoundError) as err:
+    except (CheckpointError, ExportError, ConfigError, FileNotFoundError, ManifestError) as err:
         raise click.ClickException(str(err)) from None
     from specbert.train.compare import markdown
 
@@ -277,7 +297,8 @@ def ingest(library, outs, manifest, fmt, codec, workers, scheduler, progress, cf
     """Turn music libraries (folders of FLAC, MP3, OGG/Opus, WAV/AIFF, M4A...) into STFT shards.
 
     Runs again on the same library and outputs, it skips what is done and finishes the rest.
-    Exit code 1 when any file failed (the summary and the manifest say which, and why).
+    Exit code 1 when any file failed or a folder could not be read (the summary and the manifest say
+    which, and why); the summary also counts what was left out (non-audio and hidden files).
     """
     from specbert.pipeline.ingest import ingest_library
 
@@ -309,13 +330,14 @@ def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progre
 def inspect(paths, png, sample_index, cfg):
     """Counts, hours, splits and sizes of a manifest or of shards; --png shows a sample."""
     from specbert.pipeline.inspect import describe, render_png
+    from specbert.pipeline.manifest import ManifestError
 
     try:
         for line in describe(paths):
             click.echo(line)
         if png is not None:
             click.echo(render_png(paths, png, sample_index))
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, ManifestError) as err:
         raise click.ClickException(str(err)) from None
 
 

@@ -1,98 +1,71 @@
 """The exported separation model: one safetensors file that carries everything needed to use it.
 
-The file is safetensors: a JSON header, then the raw tensors (the model's ``state_dict``).  Its
-``__metadata__`` (string values) holds::
+A model file of ``model.weights`` (format ``SEPARATOR``): the model's ``state_dict``, and in its header
+(besides format, version and the sha256 that covers the tensors and every entry below)::
 
-    format     "specbert-separator"
-    version    FORMAT_VERSION of this layout
     specbert   the package version that wrote it
     config     JSON of ``Config.to_dict()``: the model is built from its ``model`` section, the STFT
                from ``audio``, and the default chunk length from ``loader.crop_frames``
     audio      JSON of the STFT and rate (sample_rate, channels, n_fft, hop, window), for other readers
-    sha256     digest of the tensors (names, dtypes, shapes, bytes; in name order)
 
-Loading parses the header and maps the tensors (no pickle is ever executed), then checks the format,
-version and digest before building the model.  ``export_onnx`` and ``export_torchscript`` write the mask
-network alone (``magnitude [B, 2, 1024, T] -> mask [B, 2, 1024, T]``) for other runtimes.
+Loading (``model.weights.read_weights``) parses the header and maps the tensors (no pickle is ever
+executed), then checks the format, version and digest before building the model.  ``export_onnx`` and
+``export_torchscript`` write the mask network alone (``magnitude [B, 2, 1024, T] -> mask [B, 2, 1024,
+T]``) for other runtimes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from specbert.configs import Config, ConfigError, from_dict, merge
 from specbert.configs.audio import AudioConfig
 from specbert.model import build_model
+from specbert.model.weights import SEPARATOR, WeightsError, read_weights, save_weights
+from specbert.model.weights import read_header as read_weights_header
 from specbert.pipeline.audio import AUDIO_EXTS
 from specbert.provenance import package_version
-
-FORMAT = "specbert-separator"
-FORMAT_VERSION = 1
 
 
 class ExportError(RuntimeError):
     """A model file or checkpoint that cannot be exported or loaded; the message says why."""
 
 
-def tensor_digest(tensors: dict[str, Tensor]) -> str:
-    """SHA-256 of the tensors' names, dtypes, shapes and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def save_model_file(model: nn.Module, config: Config, path: str | Path) -> Path:
     """Write ``model``'s weights and ``config`` as one self-contained separation model file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
-    audio = dataclasses.asdict(config.audio)
-    metadata = {
-        "format": FORMAT,
-        "version": str(FORMAT_VERSION),
-        "specbert": package_version(),
-        "config": json.dumps(config.to_dict()),
-        "audio": json.dumps(audio),
-        "sha256": tensor_digest(tensors),
-    }
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    default_permissions(tmp)
-    tmp.replace(path)
-    return path
+    metadata = {"specbert": package_version(), "config": json.dumps(config.to_dict()),
+                "audio": json.dumps(dataclasses.asdict(config.audio))}
+    return save_weights(path, model.state_dict(), SEPARATOR, metadata)
 
 
 def read_header(path: str | Path) -> dict:
-    """The metadata of a model file, with ``config`` and ``audio`` parsed; checks format and version."""
-    if is_audio(path):
-        raise ExportError(f"{path} is an audio file, not a model: give the model file (.safetensors, from "
-                          "`specbert export`) first, then the audio")
+    """The metadata of a model file, with ``config`` and ``audio`` parsed; checks format and version
+    (the digest needs the tensors: ``load_model``)."""
+    refuse_audio(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-    except (SafetensorError, OSError) as err:
-        raise ExportError(f"{path}: not a safetensors file ({err})") from None
-    if metadata.get("format") != FORMAT:
-        raise ExportError(f"{path}: not a specbert separation model (see `specbert export --help`)")
-    if metadata.get("version") != str(FORMAT_VERSION):
-        raise ExportError(f"{path}: model file version {metadata.get('version')}; this specbert reads "
-                          f"version {FORMAT_VERSION}")
-    return {**metadata, "config": json.loads(metadata["config"]), "audio": json.loads(metadata["audio"])}
+        metadata = read_weights_header(path, (SEPARATOR,))
+        return {**metadata, "config": json.loads(metadata["config"]), "audio": json.loads(metadata["audio"])}
+    except WeightsError as err:
+        raise ExportError(str(err)) from None
+    except (KeyError, ValueError) as err:
+        raise ExportError(f"{path}: bad header ({type(err).__name__}: {err})") from None
 
 
 AUDIO_MAGIC = (b"RIFF", b"RF64", b"fLaC", b"OggS", b"ID3", b"FORM", b"\xff\xfb", b"\xff\xf3", b"\xff\xf2")
+
+
+def refuse_audio(path: str | Path) -> None:
+    """ExportError when ``path``, given as a model, is an audio file (the arguments swapped)."""
+    if is_audio(path):
+        raise ExportError(f"{path} is an audio file, not a model: give the model file (.safetensors, from "
+                          "`specbert export`) first, then the audio")
 
 
 def is_audio(path: str | Path) -> bool:
@@ -112,11 +85,12 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
 
     ``overrides`` (a nested dict, e.g. ``{"model": {"sdpa": False}}``) is merged over the stored config.
     """
-    header = read_header(path)
-    tensors = load_file(str(path))
-    if tensor_digest(tensors) != header["sha256"]:
-        raise ExportError(f"{path}: the weights do not match the file's sha256 (corrupted file?)")
-    config = config_from(merge(header["config"], overrides or {}), path)
+    refuse_audio(path)
+    try:
+        tensors, metadata = read_weights(path, (SEPARATOR,))
+    except WeightsError as err:
+        raise ExportError(str(err)) from None
+    config = config_from(merge(json.loads(metadata["config"]), overrides or {}), path)
     return build_with(config, tensors, path).to(device).eval(), config
 
 
@@ -177,13 +151,6 @@ def build_with(config: Config, tensors: dict[str, Tensor], where: Path | str) ->
                           "(a --config or --set that changes the model?)")
     model.load_state_dict(tensors, strict=True)
     return model
-
-
-def default_permissions(path: Path) -> None:
-    """Give a file safetensors wrote (always mode 0600) the mode a new file gets under the umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def first_mismatch(expected: dict[str, Tensor], tensors: dict[str, Tensor]) -> str | None:

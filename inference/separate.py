@@ -270,10 +270,10 @@ class Separator:
         and never gives two inputs one output; a template that does would is a ValueError).
 
         ``options`` go to ``write_stems``.  Returns the outputs by input file, the inputs skipped because
-        all their outputs exist (``skip_existing``), and the errors by input file: a file that cannot be
-        read is reported and the others go on.
+        all their outputs exist (``skip_existing``), and the errors by input file or folder: a file that
+        cannot be read, and a folder without audio files, are reported and the others go on.
         """
-        found = find_inputs(inputs, exclude=Path(out_dir))
+        found, empty = find_inputs(inputs, exclude=Path(out_dir))
         plan = {path: output_paths(filename, track, stems, fmt, self.model_path, out_dir)
                 for (path, _), track in zip(found, track_names(found), strict=True)}
         owners: dict[Path, Path] = {}
@@ -282,7 +282,7 @@ class Separator:
                 if owners.setdefault(target, path) != path:
                     raise ValueError(f"--filename {filename!r} gives {owners[target]} and {path} the same "
                                      f"output {target}: put {{track}} in it")
-        done, skipped, failed = {}, [], {}
+        done, skipped, failed = {}, [], dict.fromkeys(empty, "no audio files in this folder")
         for path, targets in tqdm(plan.items(), desc="files", unit="file", disable=not progress):
             if skip_existing and all(target.exists() for target in targets.values()):
                 skipped.append(path)
@@ -408,11 +408,12 @@ def fit_length(wave: np.ndarray, length: int) -> np.ndarray:
     return np.pad(wave[:, :length], ((0, 0), (0, max(0, length - wave.shape[1]))))
 
 
-def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> list[tuple[Path, Path]]:
+def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None
+                ) -> tuple[list[tuple[Path, Path]], list[Path]]:
     """Files, and folders searched recursively for audio files -> ``(file, its folder within the input)``;
     nothing under the folder ``exclude`` (the output folder: a second run never separates the first's
-    outputs)."""
-    found = []
+    outputs); and the folders in which no audio file was found."""
+    found, empty = [], []
     skip = exclude.resolve() if exclude is not None else None
     for path in map(Path, paths):
         if path.is_dir():
@@ -420,11 +421,13 @@ def find_inputs(paths: Iterable[str | Path], exclude: Path | None = None) -> lis
                            and p.is_file() and not p.name.startswith(".")
                            and (skip is None or not p.resolve().is_relative_to(skip)))
             found += [(file, file.parent.relative_to(path)) for file in files]
+            if not files:
+                empty.append(path)
         elif path.exists():
             found.append((path, Path()))
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
+    return found, empty
 
 
 def track_names(found: list[tuple[Path, Path]]) -> list[str]:

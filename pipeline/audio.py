@@ -47,9 +47,19 @@ def decode(path: str | Path, stream: int = 0) -> tuple[np.ndarray, int]:
         try:
             data, rate = sf.read(str(path), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, ValueError) as err:
-            raise AudioError(f"cannot decode: {str(err).strip().splitlines()[0]}") from None
+            raise AudioError(f"cannot decode: {_soundfile_reason(path, err)}") from None
         return data.T, rate
     return _decode_ffmpeg(path, stream)
+
+
+def _soundfile_reason(path: Path, err: Exception) -> str:
+    """The first line of libsndfile's error; but for content it cannot parse at all (a text file named
+    ``.mp3``) libsndfile says "File does not exist or is not a regular file": for an existing file the
+    content is the cause."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "does not exist or is not a regular file" in str(err) and path.is_file():
+        reason = f"not {path.suffix.lower()} audio (libsndfile does not recognise the content)"
+    return reason
 
 
 def ffprobe_stream(path: Path, stream: int = 0) -> tuple[int, int]:

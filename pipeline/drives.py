@@ -31,8 +31,12 @@ class Rotation:
     """Smooth weighted round robin over folders, weighted by the free space they had at the start."""
 
     def __init__(self, folders: list[str], reserve: int):
-        self.weights = {f: max(free_bytes(f) - reserve, 0) for f in folders}
+        free = {f: free_bytes(f) for f in folders}
+        self.weights = {f: max(free[f] - reserve, 0) for f in folders}
         self.credit = dict.fromkeys(folders, 0)
+        # folders never used, each with why (for the run's summary)
+        self.unused = [f"{f} ({free[f] / 1e9:.2f} GB free, under the reserve)" for f in folders
+                       if not self.weights[f]]
         if not any(self.weights.values()):
             raise OSError(errno.ENOSPC, f"no free space beyond the reserve on any of {', '.join(folders)}")
 

@@ -3,7 +3,9 @@
 The driver holds no audio: workers hash and tag files (``identify_batch``), then each task writes one
 shard from a group of tracks (``write_shard``) and returns small metadata, which the driver appends to
 the manifest as tasks complete. A task whose worker dies (KilledWorker) is split in two and resubmitted,
-down to single tracks, which are then recorded failed; the job always runs to the end.
+down to single tracks, which are then recorded failed; the job runs to the end. Only a manifest that
+cannot be written (its drive full) stops it, with a one-line error: every line appended before stays
+readable (``ManifestWriter.append``), and running the same command again finishes the rest.
 
 Resume: a file whose path, size and mtime match a manifest entry that is ok or skipped is done; a
 failed one is retried. Before anything runs, every ``.partial`` file of this dataset in the output
@@ -47,7 +49,7 @@ from specbert.pipeline.schema import (
 )
 from specbert.pipeline.shards import remove_shard
 from specbert.pipeline.stems import scan_stems
-from specbert.pipeline.tasks import ShardJob, identify_batch, one_line, write_shard
+from specbert.pipeline.tasks import ShardJob, failed_tracks, identify_batch, one_line, write_shard
 
 IDENTITY = ("id", "artist", "album", "title", "declared")  # what identify adds, reused on resume
 SETTINGS = ("keep_complex", "segment_frames")  # ingest settings that must not change within a dataset
@@ -71,10 +73,12 @@ TASKS_PER_WORKER = 4  # a small library is cut into more, smaller shards so ever
 
 @dataclass
 class Summary:
-    """What one run did; ``lines()`` is the report, ``exit_code`` is 1 when any file failed."""
+    """What one run did; ``lines()`` is the report, ``exit_code`` is 1 when any file failed or a folder
+    could not be read."""
 
     manifest: Path
-    ignored: int = 0
+    ignored: dict[str, list[str]] = field(default_factory=dict)  # left out by the scan: reason -> paths
+    unused: list[str] = field(default_factory=list)  # output folders not used, with why
     removed: int = 0
     already: int = 0
     counts: Counter = field(default_factory=Counter)
@@ -95,16 +99,24 @@ class Summary:
                 self.problems.append(f"{track['status']}: {track['path']}: {track['reason']}")
 
     @property
+    def unreadable(self) -> list[str]:
+        """Folders the scan could not list (their files are missing from the run)."""
+        return [f"failed: {path}: {reason}" for reason, paths in self.ignored.items()
+                if reason.startswith("unreadable") for path in paths]
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.counts[FAILED] else 0
+        return 1 if self.counts[FAILED] or self.unreadable else 0
 
     def lines(self) -> list[str]:
         c = self.counts
+        left_out = "".join(f"; {len(paths)} {reason}" for reason, paths in sorted(self.ignored.items()))
         out = [f"ingested {c[OK]} tracks ({self.seconds / 3600:.2f} h) into {self.shards} shards "
                f"({self.bytes / 1e9:.2f} GB); {c[SKIPPED]} skipped, {c[FAILED]} failed, {self.already} "
-               f"already done; {self.ignored} non-audio files ignored; {self.removed} stale shard files "
-               "removed",
+               f"already done{left_out}; {self.removed} stale shard files removed",
                f"manifest: {self.manifest}"]
+        out += [f"output folder not used: {folder}" for folder in self.unused]
+        out += self.unreadable
         out += self.problems[:MAX_LISTED]
         if len(self.problems) > MAX_LISTED:
             out.append(f"... and {len(self.problems) - MAX_LISTED} more (see the manifest)")
@@ -127,8 +139,8 @@ def ingest_stems(roots, outs, cfg: Config, manifest=None, progress=True, log=pri
     return run_ingest(STEMS, items, ignored, outs, cfg, manifest, progress, log)
 
 
-def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, manifest=None,
-               progress: bool = True, log: Callable[[str], None] = print) -> Summary:
+def run_ingest(kind: str, items: list[dict], ignored: dict[str, list[str]], outs, cfg: Config,
+               manifest=None, progress: bool = True, log: Callable[[str], None] = print) -> Summary:
     """Ingest scanned ``items`` into shards under the ``outs`` folders; see the module docstring."""
     outs = [os.path.abspath(o) for o in outs]
     for folder in outs:
@@ -136,29 +148,36 @@ def run_ingest(kind: str, items: list[dict], ignored: int, outs, cfg: Config, ma
     manifest = Path(manifest or Path(outs[0]) / "manifest.jsonl").absolute()
     summary = Summary(manifest, ignored=ignored)
     header = _header(kind, cfg)
-    try:
+    try:  # a manifest that cannot be opened or appended to (in use, incompatible, its drive full) stops
+        # the run; every line appended before stays readable, and the next run finishes the rest
         writer = ManifestWriter(manifest, header, check=lambda old: _check_compatible(old, header, manifest))
+        with writer, _LazyClient(cfg, log) as client:
+            _ingest(items, outs, cfg, writer, client, summary, progress, log)
     except ManifestError as err:
         raise IngestError(str(err)) from None
-    with writer, _LazyClient(cfg, log) as client:
-        previous = writer.manifest
-        summary.removed = clean_outputs(outs, previous)
-        todo, known, settled = _triage(items, previous, summary)
-        if todo:
-            log(f"identifying {len(todo)} files (content hash, tags)")
-            known += _identify(client.get(), todo)
-        pending, more = _dedupe(known, previous, cfg, summary)
-        settled += more
-        if settled:
-            writer.append(BatchLine(type=BATCH_LINE, shards=[], tracks=settled))
-            summary.add([], settled)
-        if pending:
-            try:
-                rotation = Rotation(outs, cfg.ingest.reserve_bytes)
-            except OSError as err:
-                raise IngestError(f"{err.strerror} (reserve_bytes={cfg.ingest.reserve_bytes})") from None
-            _run(client.get(), pending, rotation, cfg, previous, writer, summary, progress)
     return summary
+
+
+def _ingest(items, outs, cfg, writer, client, summary, progress, log) -> None:
+    """Clean the outputs, settle what the manifest already says, identify and dedupe the rest, write it."""
+    previous = writer.manifest
+    summary.removed = clean_outputs(outs, previous)
+    todo, known, settled = _triage(items, previous, summary)
+    if todo:
+        log(f"identifying {len(todo)} files (content hash, tags)")
+        known += _identify(client.get(), todo)
+    pending, more = _dedupe(known, previous, cfg, summary)
+    settled += more
+    if settled:
+        writer.append(BatchLine(type=BATCH_LINE, shards=[], tracks=settled))
+        summary.add([], settled)
+    if pending:
+        try:
+            rotation = Rotation(outs, cfg.ingest.reserve_bytes)
+        except OSError as err:
+            raise IngestError(f"{err.strerror} (reserve_bytes={cfg.ingest.reserve_bytes})") from None
+        summary.unused = rotation.unused
+        _run(client.get(), pending, rotation, cfg, previous, writer, summary, progress)
 
 
 def _header(kind: str, cfg: Config) -> ManifestConfig:
@@ -305,19 +324,16 @@ def _run(client, pending, rotation, cfg, previous, writer, summary, progress) ->
                     for part in (job.items[:half], job.items[half:]):
                         done.add(submit(job.split, list(part), job.estimate * len(part) // len(job.items)))
                     continue
-                result = _failed(job, "a worker died while processing it (crash or out of memory)")
-            except Exception as err:  # e.g. no room on any drive: its tracks fail, the job goes on
-                result = _failed(job, one_line(err))
+                reason = "a worker died while processing it (crash or out of memory)"
+                result = {"shard": None, "tracks": failed_tracks(job.items, reason)}
+            except Exception as err:  # e.g. an output folder that cannot be written: its tracks fail
+                result = {"shard": None, "tracks": failed_tracks(job.items, one_line(err))}
             for folder in result.get("full", []):
                 rotation.drop(folder)
             shards = [result["shard"]] if result["shard"] else []
             writer.append(BatchLine(type=BATCH_LINE, shards=shards, tracks=result["tracks"]))
             summary.add(shards, result["tracks"])
             bar.update(len(job.items))
-
-
-def _failed(job: ShardJob, reason: str) -> dict:
-    return {"shard": None, "tracks": [{**item, "status": FAILED, "reason": reason} for item in job.items]}
 
 
 def _worker_count(client) -> int:
@@ -343,7 +359,12 @@ class _LazyClient:
         from distributed import Client, LocalCluster
 
         if self.cfg.scheduler:
-            with Client(self.cfg.scheduler) as client:
+            try:
+                client = Client(self.cfg.scheduler)
+            except (OSError, TimeoutError) as err:
+                raise IngestError(f"cannot reach the Dask scheduler {self.cfg.scheduler}: {one_line(err)}"
+                                  ) from None
+            with client:
                 self.log(f"Dask scheduler {self.cfg.scheduler}, dashboard: {client.dashboard_link}")
                 yield client
             return

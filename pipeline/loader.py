@@ -53,6 +53,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import signal
+import threading
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -89,6 +92,10 @@ from specbert.pipeline.stages import (
 log = logging.getLogger(__name__)
 
 
+class EmptySplit(ConfigError):
+    """A manifest has no shards of the split asked for."""
+
+
 class Loader:
     """An iterable of batch dicts over a ``BatchStream`` run by DataLoader workers.
 
@@ -106,7 +113,7 @@ class Loader:
         pin = torch.cuda.is_available() and (self.device is None or self.device.type == "cuda")
         self.loader = wds.WebLoader(
             stream, batch_size=None, num_workers=num_workers, pin_memory=pin,
-            persistent_workers=num_workers > 0,
+            persistent_workers=num_workers > 0, worker_init_fn=ignore_stop_signals,
         )
         if epoch_batches is not None:
             self.loader = self.loader.with_epoch(epoch_batches)
@@ -131,6 +138,26 @@ class Loader:
         """What the workers have skipped so far (unreadable shards, undecodable samples) and the segments
         shorter than a crop that they padded."""
         return {kind: sum(counts.get(kind, 0) for counts in self.skipped.values()) for kind in SKIP_KINDS}
+
+
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: the worker ignores SIGINT, and SIGTERM from anyone but its main
+    process, so a signal to the whole process group (Ctrl-C; the SIGTERM of Slurm, Kubernetes or
+    ``timeout``) stops only the main process, which saves a checkpoint and then shuts its workers down.
+    (PyTorch's own handler exits on any SIGTERM, and the main process then fails with "DataLoader worker
+    ... is killed by signal" before it can save.) The main process's own SIGTERM (``terminate()``, as
+    PyTorch and multiprocessing stop workers at exit) still ends the worker: SIGTERM is blocked and a
+    thread takes it with its sender's pid (``sigwaitinfo``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # before any other thread: they inherit it
+    threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True,
+                     name="sigterm-from-main").start()
+
+
+def _exit_on_sigterm_from(parent: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 def build_loader(shards: list[dict], task, *, batch_size: int, num_workers: int, seed: int, resampled: bool,
@@ -291,6 +318,9 @@ def build_pretrain_loader(manifest, split: str = TRAIN, batch_size: int = 8, num
     """
     cfg = loader_config(config, options)
     contents = read_manifest(manifest)
+    if contents.config.get("kind") != SPECTROGRAM:
+        raise ConfigError(f"{manifest}: a {contents.config.get('kind')} manifest; pretraining reads the "
+                          "spectrogram shards of a library (write them with `specbert ingest`)")
     audio = from_dict(AudioConfig, contents.config.get("audio", {}), where="manifest audio")
     segment = contents.config.get("ingest", {}).get("segment_frames", cfg.crop_frames)
     if segment < cfg.crop_frames:
@@ -299,8 +329,8 @@ def build_pretrain_loader(manifest, split: str = TRAIN, batch_size: int = 8, num
     shards = [s for s in contents.shards(split) if s["kind"] == SPECTROGRAM]
     if not shards:
         splits = sorted({s["split"] for s in contents.shards() if s["kind"] == SPECTROGRAM})
-        raise ConfigError(f"{manifest}: no spectrogram shards in split {split!r} "
-                          f"(splits: {', '.join(splits) or 'none'})")
+        raise EmptySplit(f"{manifest}: no spectrogram shards in split {split!r} "
+                         f"(splits: {', '.join(splits) or 'none'})")
     note_short_tracks(contents, split, cfg.crop_frames, f"{manifest} ({split})")
     train = split == TRAIN
     if not train:  # every segment once per pass

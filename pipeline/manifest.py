@@ -1,7 +1,9 @@
 """The dataset manifest: one append-only JSONL file per dataset (default ``<first --out>/manifest.jsonl``).
 
-Lines (each written whole with one ``write``, then fsync'ed; a torn last line is ignored on read and cut
-off before the next append), as ``pipeline.schema`` defines them:
+Lines (each written whole, then fsync'ed; a write that fails part-way, on a full drive, is cut off
+again and raises ManifestError, so every line that was appended stays readable; a torn last line left
+by a killed writer is ignored on read, with a warning, and cut off before the next append), as
+``pipeline.schema`` defines them:
 
 - ``ManifestConfig`` (``"type": "config"``): the first line, what the dataset is and its settings;
 - ``BatchLine`` (``"type": "batch"``): the outcome of one task (a ``ShardEntry`` and the
@@ -15,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import warnings
 from pathlib import Path
 
 from specbert.pipeline.schema import BATCH_LINE, CONFIG_LINE, ManifestConfig, ShardEntry, TrackEntry
@@ -51,17 +54,29 @@ class Manifest:
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Parse a manifest; a torn last line (a killed writer) is ignored."""
+    """Parse a manifest; a torn last line (a killed writer) is ignored with a warning. ManifestError
+    when it cannot be read, is empty or is corrupt."""
     path = Path(path)
-    return Manifest(path, _parse(path.read_bytes(), path)[0])
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ManifestError(f"{path}: cannot read the manifest: {err.strerror}") from None
+    lines = _parse(data, path)[0]
+    if not lines or lines[0].get("type") != CONFIG_LINE:
+        raise ManifestError(f"{path}: not a specbert manifest (no config line; "
+                            f"{'empty file' if not data else 'it starts with something else'})")
+    return Manifest(path, lines)
 
 
 def _parse(data: bytes, path: Path) -> tuple[list[dict], int]:
-    """The lines and the byte length of the intact part."""
+    """The lines and the byte length of the intact part (all but a torn last line)."""
     lines, end = [], 0
     chunks = data.split(b"\n")
     for number, chunk in enumerate(chunks, 1):
-        if number == len(chunks):  # after the last newline: empty, or a torn line
+        if number == len(chunks):  # after the last newline: empty, or a line whose writer was killed
+            if chunk:
+                warnings.warn(f"{path}: ignoring a torn last line ({len(chunk)} bytes of a write that "
+                              "did not complete)", RuntimeWarning, stacklevel=3)
             break
         try:
             lines.append(json.loads(chunk))
@@ -103,9 +118,19 @@ class ManifestWriter:
             return f.read()
 
     def append(self, entry: dict) -> None:
-        """Write ``entry`` as one line, durably."""
-        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
-        os.fsync(self._fd)
+        """Write ``entry`` as one line, durably. A write can stop part-way (a full drive writes what
+        fits, then fails): the rest is written until done, and on an error the partial line is cut
+        off again and ManifestError (naming the cause) raised, so the file still ends with a whole line."""
+        line = memoryview((json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        end = os.fstat(self._fd).st_size
+        try:
+            while line:
+                line = line[os.write(self._fd, line):]
+            os.fsync(self._fd)
+        except OSError as err:
+            os.ftruncate(self._fd, end)
+            raise ManifestError(f"{self.path}: cannot append to the manifest: {err.strerror}; what it "
+                                "holds is kept (free some space and run again to finish)") from None
 
     def close(self) -> None:
         os.close(self._fd)

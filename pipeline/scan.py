@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -23,39 +24,50 @@ from specbert.pipeline.schema import FAILED, SPECTROGRAM, TRAIN, VALIDATION
 HASH_CHUNK = 1 << 20
 
 
-def scan_library(roots: Iterable[str | Path]) -> tuple[list[dict], int]:
-    """Audio files under ``roots`` as items, sorted by path, and the number of non-audio files ignored.
+NON_AUDIO = "non-audio files ignored"
+HIDDEN = "hidden files or folders ignored (name starting with '.')"
 
-    Directory symlinks are followed, each directory visited once (no loops); hidden files are
-    ignored. A file that cannot be stat'ed, or is empty, comes back already ``failed``.
+
+def scan_library(roots: Iterable[str | Path]) -> tuple[list[dict], dict[str, list[str]]]:
+    """Audio files under ``roots`` as items, sorted by path, and what was left out: reason -> paths.
+
+    Directory symlinks are followed, each directory visited once (no loops). Left out, and reported:
+    non-audio files (``NON_AUDIO``), hidden files and folders (``HIDDEN``), folders that cannot be
+    listed (``"unreadable folder (<cause>)"``). A file that cannot be stat'ed, or is empty, comes back
+    already ``failed``.
     """
-    items, ignored = {}, 0
+    items, left_out = {}, defaultdict(list)
     for root in roots:
         root = Path(os.path.abspath(root))
-        for path, is_audio in _walk(root):
-            if not is_audio:
-                ignored += 1
+        for path, reason in _walk(root):
+            if reason is not None:
+                left_out[reason].append(str(path))
             elif str(path) not in items:  # roots may overlap
                 items[str(path)] = _stat_item(path, root)
-    return sorted(items.values(), key=lambda item: item["path"]), ignored
+    return sorted(items.values(), key=lambda item: item["path"]), dict(left_out)
 
 
-def _walk(root: Path) -> Iterator[tuple[Path, bool]]:
-    """(file, has an audio extension) for every non-hidden file under ``root``, each directory once."""
+def _walk(root: Path) -> Iterator[tuple[Path, str | None]]:
+    """(path, why it is left out, or None for an audio file) for everything under ``root``, each
+    directory once."""
     if not root.is_dir():
-        yield root, root.suffix.lower() in AUDIO_EXTS
+        yield root, None if root.suffix.lower() in AUDIO_EXTS else NON_AUDIO
         return
-    seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    seen, errors = set(), []
+    for folder, dirs, files in os.walk(root, followlinks=True, onerror=errors.append):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:
             dirs.clear()
             continue
         seen.add((st.st_dev, st.st_ino))
+        for name in sorted(d for d in dirs if d.startswith(".")):
+            yield Path(folder) / name, HIDDEN
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
-            if not name.startswith("."):
-                yield Path(folder) / name, Path(name).suffix.lower() in AUDIO_EXTS
+            hidden, audio = name.startswith("."), Path(name).suffix.lower() in AUDIO_EXTS
+            yield Path(folder) / name, HIDDEN if hidden else None if audio else NON_AUDIO
+    for err in errors:  # folders os.walk could not list
+        yield Path(err.filename), f"unreadable folder ({err.strerror})"
 
 
 def _stat_item(path: Path, root: Path) -> dict:

@@ -10,9 +10,11 @@ renamed when complete.
   pickles); written with the standard library's tarfile, so writers need not import webdataset.
 - zarr v3: one group per shard, one subgroup per sample (attribute ``record``) with one float16 array
   per member holding ``codec.quantize`` values, chunks of 1024 frames (``codecs.zarr_compressors``:
-  blosc + crc32c), one file per array (sharding codec). ``iter_zarr_shard`` yields the tar's raw
-  form with arrays instead of bytes, so one ``decode_sample`` serves both formats; it reads that
-  layout itself (``read_zarr_array``: zarr's async read path takes twice the CPU), any other with zarr.
+  blosc + crc32c), one file per array (sharding codec). ``iter_zarr_shard`` yields each sample's
+  group, which ``decode_sample`` reads into the tar's raw form with arrays instead of bytes (so one
+  ``decode_sample`` serves both formats, and a corrupt zarr sample fails alone, like a tar's); it
+  reads that layout itself (``read_zarr_array``: zarr's async read path takes twice the CPU), any
+  other with zarr.
 """
 
 from __future__ import annotations
@@ -145,6 +147,8 @@ def remove_shard(path: Path) -> None:
 def decode_sample(raw: dict) -> DecodedSample:
     """A raw sample (from ``webdataset.WebDataset`` or ``iter_zarr_shard``) -> ``{"key", "record",
     "spec"}`` or ``{"key", "record", "stems"}`` with float16 views (``pipeline.schema``)."""
+    if "group" in raw:
+        raw = read_zarr_sample(raw)
     record: SampleRecord = json.loads(raw["json"])
     codec = get_codec(record["codec"])
     views = {}
@@ -185,13 +189,21 @@ def iter_tar_shard(path: str | Path) -> Iterator[dict]:
 
 
 def iter_zarr_shard(path: str | Path) -> Iterator[dict]:
-    """Raw samples of a zarr shard in the tar's form, with float16 arrays as member values: the
-    samples' groups in key order, their records from the groups' metadata, arrays by ``read_zarr_array``."""
+    """The samples of a zarr shard in key order, each as its group folder (``"group"``): nothing is
+    read until ``decode_sample`` (``read_zarr_sample``), so the error of a corrupt sample is its own
+    and the shard's other samples are still read, as in a tar."""
     root = Path(path)
     for key in sorted(d.name for d in root.iterdir() if (d / "zarr.json").is_file()):
-        record = json.loads((root / key / "zarr.json").read_bytes())["attributes"]["record"]
-        yield {"__key__": key, "__url__": str(path), "json": json.dumps(record).encode(),
-               **{name: read_zarr_array(root / key / name) for name in record["members"]}}
+        yield {"__key__": key, "__url__": str(path), "group": root / key}
+
+
+def read_zarr_sample(raw: dict) -> dict:
+    """A zarr sample of ``iter_zarr_shard`` in the tar's form, with float16 arrays as member values:
+    the record from the group's metadata, the arrays by ``read_zarr_array``."""
+    group = raw["group"]
+    record = json.loads((group / "zarr.json").read_bytes())["attributes"]["record"]
+    return {"__key__": raw["__key__"], "__url__": raw["__url__"], "json": json.dumps(record).encode(),
+            **{name: read_zarr_array(group / name) for name in record["members"]}}
 
 
 _DEFAULT_KEYS = {"name": "default", "configuration": {"separator": "/"}}

@@ -36,9 +36,13 @@ STEM_MP4 = ".stem.mp4"
 MAX_LENGTH_MISMATCH = 1.0  # seconds
 
 
-def scan_stems(roots: Iterable[str | Path]) -> tuple[list[dict], int]:
-    """Stems tracks under ``roots`` as items (``files``: stem -> path), and the files ignored."""
-    items, ignored = [], 0
+NOT_STEMS = "audio files ignored (not stems of a track)"
+
+
+def scan_stems(roots: Iterable[str | Path]) -> tuple[list[dict], dict[str, list[str]]]:
+    """Stems tracks under ``roots`` as items (``files``: stem -> path), and what was left out (as
+    ``scan.scan_library``): audio files that are not a track's stems."""
+    items, ignored = [], []
     for root in roots:
         root = Path(os.path.abspath(root))
         if (root / "mixtures").is_dir() and (root / "instruments").is_dir():
@@ -47,7 +51,7 @@ def scan_stems(roots: Iterable[str | Path]) -> tuple[list[dict], int]:
             found, skipped = _musdb_items(root)
         items += found
         ignored += skipped
-    return sorted(items, key=lambda item: item["path"]), ignored
+    return sorted(items, key=lambda item: item["path"]), {NOT_STEMS: ignored} if ignored else {}
 
 
 def _audio_files(folder: Path, recursive: bool) -> list[Path]:
@@ -56,8 +60,8 @@ def _audio_files(folder: Path, recursive: bool) -> list[Path]:
                   if p.is_file() and p.suffix.lower() in AUDIO_EXTS and not p.name.startswith("."))
 
 
-def _musdb_items(root: Path) -> tuple[list[dict], int]:
-    items, ignored = [], 0
+def _musdb_items(root: Path) -> tuple[list[dict], list[str]]:
+    items, ignored = [], []
     for folder in sorted({p.parent for p in _audio_files(root, recursive=True)}):
         split = TEST if "test" in folder.relative_to(root).parts else None
         paths = _audio_files(folder, recursive=False)
@@ -68,15 +72,15 @@ def _musdb_items(root: Path) -> tuple[list[dict], int]:
                 items.append(_item(path, root, files, path.name[: -len(STEM_MP4)], split, streams))
         files = {p.stem.lower(): p for p in paths if not p.name.lower().endswith(STEM_MP4)}
         stems = {name: str(p) for name, p in files.items() if name in STEM_NAMES}
-        ignored += len(files) - len(stems)
         if "mixture" in stems:
             items.append(_item(folder, root, stems, folder.name, split))
+            ignored += [str(p) for name, p in files.items() if name not in stems]
         else:
-            ignored += len(stems)
+            ignored += map(str, files.values())
     return items, ignored
 
 
-def _paired_items(root: Path) -> tuple[list[dict], int]:
+def _paired_items(root: Path) -> tuple[list[dict], list[str]]:
     mixtures = {p.stem: p for p in _audio_files(root / "mixtures", recursive=True)}
     instruments = {p.stem: p for p in _audio_files(root / "instruments", recursive=True)}
     items = []
@@ -89,7 +93,7 @@ def _paired_items(root: Path) -> tuple[list[dict], int]:
             other = "instruments" if name in mixtures else "mixtures"
             items.append({"kind": STEMS, "path": str(lonely), "root": str(root), "status": FAILED,
                           "reason": f"no file named {name}.* in {other}/"})
-    return items, 0
+    return items, []
 
 
 def _item(path: Path, root: Path, files: dict, name: str, split: str | None,

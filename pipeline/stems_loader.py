@@ -37,7 +37,7 @@ import torch
 
 from specbert.configs import Config, ConfigError
 from specbert.configs.finetune import FinetuneConfig
-from specbert.pipeline.loader import Loader, build_loader, note_short_tracks
+from specbert.pipeline.loader import EmptySplit, Loader, build_loader, note_short_tracks
 from specbert.pipeline.manifest import Manifest, read_manifest
 from specbert.pipeline.schema import STEMS, TRAIN
 from specbert.pipeline.shards import to_complex
@@ -154,9 +154,9 @@ def stems_shards(manifest: str | Path, split: str) -> tuple[list[dict], int, Man
     shards = [s for s in contents.shards(split) if s["kind"] == STEMS]
     if not shards:
         splits = sorted({s["split"] for s in contents.shards() if s["kind"] == STEMS})
-        raise ConfigError(f"{manifest}: no stems shards in split {split!r} (splits: "
-                          f"{', '.join(splits) or 'none'}; set finetune.val_split, or ingest with a larger "
-                          "ingest.val_fraction)")
+        raise EmptySplit(f"{manifest}: no stems shards in split {split!r} (splits: "
+                         f"{', '.join(splits) or 'none'}; set finetune.val_split, or ingest with a larger "
+                         "ingest.val_fraction)")
     return shards, ingest.get("segment_frames", 0), contents
 
 

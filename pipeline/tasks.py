@@ -2,7 +2,8 @@
 
 Both return small JSON-able results (never audio). A file that cannot be used becomes a ``failed`` track
 with a one-line reason and never fails the task; every decodable track is stored, however short; a full
-disk moves the shard to the next folder; only "no room on any folder" fails the task.
+disk moves the shard to the next folder, and "no room on any folder" is a result too (its tracks
+failed): an outcome that running the task again cannot change is never raised, so Dask never retries it.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ IDENTIFY = {SPECTROGRAM: scan.identify, STEMS: stems.identify}
 LOAD = {SPECTROGRAM: spectrogram_track, STEMS: stems.stems_track}
 
 
-class NoRoom(RuntimeError):
-    """No output folder has room for a shard."""
-
-
 @dataclass(frozen=True)
 class ShardJob:
     """One task: write ``items`` (all of one split) into the shard file ``name``."""
@@ -45,7 +42,7 @@ def identify_batch(items: list[dict]) -> list[dict]:
 
 def write_shard(job: ShardJob, cfg: Config) -> dict:
     """Write ``job`` to the first preferred folder with room: ``{"shard": info | None, "tracks":
-    [track dicts], "full": [folders found full]}``; NoRoom when none takes it."""
+    [track dicts], "full": [folders found full]}``; when none takes it, no shard and every track failed."""
     _one_core()
     full = []
     for folder in job.folders:
@@ -58,8 +55,14 @@ def write_shard(job: ShardJob, cfg: Config) -> dict:
             if not is_disk_full(err):
                 raise
             full.append(folder)
-    raise NoRoom(f"no output folder has room for {job.name} (~{job.estimate / 1e6:.0f} MB): "
-                 f"{', '.join(full) or 'all were dropped as full'}")
+    reason = (f"no output folder has room for its shard (~{job.estimate / 1e6:.0f} MB): "
+              f"{', '.join(full) or 'all were dropped as full'}")
+    return {"shard": None, "tracks": failed_tracks(job.items, reason), "full": full}
+
+
+def failed_tracks(items, reason: str) -> list[TrackEntry]:
+    """``items`` as failed manifest entries with ``reason``."""
+    return [{**item, "status": FAILED, "reason": reason} for item in items]
 
 
 def _one_core() -> None:

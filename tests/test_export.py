@@ -16,8 +16,6 @@ from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
 from specbert.configs.model import ModelConfig
 from specbert.inference.export import (
-    FORMAT,
-    FORMAT_VERSION,
     ExportError,
     export_onnx,
     export_torchscript,
@@ -26,6 +24,7 @@ from specbert.inference.export import (
     save_model_file,
 )
 from specbert.model import build_model
+from specbert.model.weights import FORMAT_VERSION, SEPARATOR
 from specbert.train.checkpoint import save_checkpoint
 
 # Attention only at the 128-bin level: the small model keeps relative attention but stays fast.
@@ -50,7 +49,7 @@ def model_file(tmp_path_factory):
 def test_header_carries_config_stft_rate_version_and_hash(model_file):
     _, path = model_file
     header = read_header(path)
-    assert header["format"] == FORMAT and header["version"] == str(FORMAT_VERSION)
+    assert header["format"] == SEPARATOR and header["version"] == str(FORMAT_VERSION)
     assert header["audio"] == {"sample_rate": 44100, "channels": 2, "n_fft": 2048, "hop": 1024,
                                "window": "hann"}
     assert header["config"]["model"]["channels"] == [2, 4, 4, 4]

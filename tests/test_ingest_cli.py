@@ -31,6 +31,7 @@ def make_bad_files(folder: Path, good_wav: Path) -> dict:
     folder.mkdir(parents=True)
     (folder / "empty.flac").write_bytes(b"")
     (folder / "not audio.mp3").write_text("this is not an mp3\n" * 100)
+    (folder / ".hidden.flac").write_bytes(good_wav.read_bytes())
     (folder / "cover.jpg").write_bytes(b"\xff\xd8\xff")
     (folder / "missing.flac").symlink_to(folder / "nowhere.flac")
     wav = good_wav.read_bytes()
@@ -41,7 +42,7 @@ def make_bad_files(folder: Path, good_wav: Path) -> dict:
     (folder / "whole.mp3").unlink()
     (folder / "truncated.mp3").write_bytes(mp3[: len(mp3) // 2])
     sf.write(folder / "zero.wav", np.zeros((0, 2), np.float32), 44100)
-    return {"empty.flac": ("failed", "empty file"), "not audio.mp3": ("failed", "cannot decode"),
+    return {"empty.flac": ("failed", "empty file"), "not audio.mp3": ("failed", "cannot decode: not .mp3"),
             "missing.flac": ("failed", "unreadable"), "truncated.wav": ("failed", "truncated"),
             "truncated.mp3": ("failed", "truncated"), "zero.wav": ("failed", "zero duration")}
 
@@ -68,7 +69,7 @@ def test_every_bad_file_is_reported_with_its_cause_and_the_exit_code_says_so(bad
         assert status[name][0] == expected and cause in status[name][1], (name, status[name])
         line = next(line for line in out.stdout.splitlines() if name in line)
         assert cause in line and line.startswith(expected)
-    assert "1 non-audio files ignored" in out.stdout
+    assert "; 1 non-audio files ignored" in out.stdout and "; 1 hidden files or folders ignored" in out.stdout
     assert "Dask LocalCluster" in out.stderr  # an INFO message: shown by default (-q hides it)
 
 

@@ -113,7 +113,7 @@ def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape, zero
     """Partial chunks, a chunk of zeros (not stored), an array of zeros (no shard file), 4-D stems."""
     import zarr
 
-    from specbert.pipeline.shards import iter_zarr_shard, read_zarr_array
+    from specbert.pipeline.shards import iter_zarr_shard, read_zarr_array, read_zarr_sample
 
     values = (np.random.default_rng(0).random(shape) * 4).astype(np.float16)
     values[:, :zeros] = 0
@@ -121,7 +121,7 @@ def test_zarr_arrays_read_without_zarr_equal_zarrs_reading(tmp_path, shape, zero
     ours, theirs = read_zarr_array(sample / "spec"), zarr.open_array(str(sample / "spec"), mode="r")[...]
     assert ours.dtype == theirs.dtype == np.float16 and ours.shape == theirs.shape == shape
     assert np.array_equal(ours, theirs) and np.array_equal(ours, get_codec("f16r6").quantize(values, 4.0))
-    (raw,) = iter_zarr_shard(path)
+    (raw,) = map(read_zarr_sample, iter_zarr_shard(path))
     assert raw["__key__"] == "k_0000" and np.array_equal(raw["spec"], ours)
 
 

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import soundfile as sf
 
-from specbert.pipeline.scan import assign_split, identify, scan_library
+from specbert.pipeline.scan import HIDDEN, NON_AUDIO, assign_split, identify, scan_library
 
 
 def write(path, seconds=0.5, seed=0, **tags):
@@ -31,7 +31,8 @@ def test_scan_recurses_ignores_non_audio_and_survives_symlink_loops(tmp_path):
     items, ignored = scan_library([lib])
     by_name = {os.path.basename(i["path"]): i for i in items}
     assert sorted(by_name) == ["01 - More.wav", "01 - Song.flac", "empty.mp3", "gone.flac"]
-    assert ignored == 1
+    assert ignored == {NON_AUDIO: [str(lib / "Artist" / "Album" / "cover.jpg")],
+                       HIDDEN: [str(lib / "Artist" / "Album" / ".hidden.flac")]}
     assert by_name["empty.mp3"]["status"] == "failed" and by_name["empty.mp3"]["reason"] == "empty file"
     assert by_name["gone.flac"]["reason"].startswith("unreadable")
     assert by_name["01 - Song.flac"]["size"] == a.stat().st_size

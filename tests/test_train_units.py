@@ -99,11 +99,11 @@ def test_checkpoints_round_trip_keep_the_last_k_and_point_to_the_latest(tmp_path
     assert latest_checkpoint(tmp_path).name == "step_00000030"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
     other = nn.Linear(4, 2)
-    state, meta = load_checkpoint(latest_checkpoint(tmp_path), {"model": other}, torch.device("cpu"))
+    state, meta = load_checkpoint(latest_checkpoint(tmp_path), {"model": other})
     assert torch.equal(other.weight, model.weight) and state["progress"]["step"] == 30
     assert meta == {"step": 30, "note": "x"}
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_checkpoint(latest_checkpoint(tmp_path), {"model": nn.Linear(5, 2)}, torch.device("cpu"))
+        load_checkpoint(latest_checkpoint(tmp_path), {"model": nn.Linear(5, 2)})
 
 
 class _Payload:
@@ -121,5 +121,5 @@ def test_a_checkpoint_carrying_a_pickle_payload_is_refused(tmp_path):
     state = {"evil": _Payload(marker)}
     path = save_checkpoint(tmp_path / "ckpt", 1, {"model": nn.Linear(2, 2)}, state, {}, keep_last=1)
     with pytest.raises(CheckpointError, match="refused"):
-        load_checkpoint(path, {"model": nn.Linear(2, 2)}, torch.device("cpu"))
+        load_checkpoint(path, {"model": nn.Linear(2, 2)})
     assert not marker.exists()

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from specbert.configs import Config
@@ -36,6 +34,7 @@ from specbert.inference.evaluate import usdr
 from specbert.inference.export import ExportError
 from specbert.inference.separate import ChunkedMasker, apply_mask
 from specbert.model import build_model
+from specbert.model.weights import CHECKPOINT, SEPARATOR, WeightsError, read_weights
 from specbert.pipeline.schema import TRAIN
 from specbert.pipeline.spectral import istft, model_input
 from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
@@ -43,7 +42,7 @@ from specbert.train.context import db_image
 from specbert.train.distributed import unwrap
 from specbert.train.losses import compressed, frozen_call, l1
 from specbert.train.rng import derive_seed
-from specbert.train.trainer import launch
+from specbert.train.trainer import NoValidationData, launch
 
 Batch = dict[str, Tensor]
 ENCODER = "encoders."  # parameter names of the encoder levels
@@ -93,9 +92,9 @@ def load_init(model: nn.Module, source: str | Path, fresh: Iterable[str] = ()) -
     source = Path(source)
     file = source if source.is_file() else find_checkpoint(source) / "model.safetensors"
     try:
-        tensors = load_file(str(file))
-    except (SafetensorError, OSError) as err:
-        raise ExportError(f"{file}: cannot read weights to initialise from ({err})") from None
+        tensors, _ = read_weights(file, (SEPARATOR, CHECKPOINT))
+    except WeightsError as err:
+        raise ExportError(str(err)) from None
     state = model.state_dict()
     prefixes = tuple(f"{name}." for name in fresh)
     tensors = {n: t for n, t in tensors.items() if not (n.startswith(prefixes) and n in state)}
@@ -131,11 +130,15 @@ class FinetuneTask:
         return self._loader
 
     def val_batches(self) -> Iterable[Batch]:
+        from specbert.pipeline.loader import EmptySplit
         from specbert.pipeline.stems_loader import build_segments_loader
 
         tc = self.cfg.train
-        return build_segments_loader(self.manifest, self.cfg, self.ft.val_split, min(tc.num_workers, 1),
-                                     derive_seed(tc.seed, 1))
+        try:
+            return build_segments_loader(self.manifest, self.cfg, self.ft.val_split, min(tc.num_workers, 1),
+                                         derive_seed(tc.seed, 1))
+        except EmptySplit as err:
+            raise NoValidationData(str(err)) from None
 
     def stats(self) -> dict[str, float]:
         return dict(self._skipped + Counter(self._loader.stats() if self._loader is not None else {}))

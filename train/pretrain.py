@@ -50,6 +50,7 @@ from specbert.train.losses import (
     region_l1,
 )
 from specbert.train.rng import derive_seed
+from specbert.train.trainer import NoValidationData
 
 Batch = dict[str, Tensor]
 
@@ -61,7 +62,7 @@ class PretrainData(Protocol):
         """One epoch of training batches, a deterministic function of ``epoch``."""
 
     def val(self) -> Iterable[Batch]:
-        """Validation batches, the same on every call."""
+        """Validation batches, the same on every call; ``train.trainer.NoValidationData`` when none."""
 
     def stats(self) -> dict[str, float]:
         """Counters worth logging (e.g. skipped shards)."""
@@ -93,7 +94,12 @@ class ManifestData:
         return self._current
 
     def val(self):
-        return self._loader(VALIDATION, derive_seed(self.cfg.train.seed, 1))
+        from specbert.pipeline.loader import EmptySplit
+
+        try:
+            return self._loader(VALIDATION, derive_seed(self.cfg.train.seed, 1))
+        except EmptySplit as err:
+            raise NoValidationData(str(err)) from None
 
     def stats(self) -> dict[str, float]:
         current = self._current.stats() if self._current is not None else {}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from specbert.configs import Config
 from specbert.provenance import write_meta
-from specbert.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from specbert.train.checkpoint import latest_checkpoint, load_checkpoint, remove_unfinished, save_checkpoint
 from specbert.train.distributed import (
     Dist,
     all_true,
@@ -67,7 +67,8 @@ class Task(Protocol):
         """This rank's training batches of one epoch: finite, a deterministic function of ``epoch``."""
 
     def val_batches(self) -> Iterable[Batch]:
-        """This rank's validation batches, the same on every call."""
+        """This rank's validation batches, the same on every call; NoValidationData when there are none
+        (the trainer asks once before step 1, and then trains without validation and previews)."""
 
     def stats(self) -> dict[str, float]:
         """Counters of this rank to log, summed over ranks (e.g. the loader's skipped samples)."""
@@ -85,6 +86,10 @@ class Task(Protocol):
 
     def preview(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, np.ndarray]:
         """Named ``[F, T]`` images with values in [0, 1] showing what the model does to ``batch``."""
+
+
+class NoValidationData(Exception):
+    """A task has no validation data (e.g. no validation split in its manifest); the message says why."""
 
 
 @dataclasses.dataclass
@@ -194,16 +199,30 @@ class Trainer:
         (after a checkpoint was saved)."""
         if not resume and latest_checkpoint(self.checkpoint_dir) is not None:
             raise FileExistsError(f"{self.run_dir} already holds checkpoints: resume, or use another run dir")
-        saved = self.restore() if resume else None
+        saved, restored = self.restore() if resume else (None, None)
+        missing = self._missing_validation()  # before anything is written: bad data stops the run here
+        removed = []
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
             write_meta(self.run_dir, self.dist.world_size)
+            removed = remove_unfinished(self.checkpoint_dir)
         log = RunLogger(self.run_dir, self.tc.steps, self.progress.step, self.cfg.audio,
                         enabled=self.dist.is_main)
         try:
-            # Loader workers forked inside inherit the handlers: a signal to the whole process group
-            # (Ctrl-C, a cluster's SIGTERM) does not kill them under the trainer's feet.
+            if removed:
+                log.message(f"removed {len(removed)} unfinished checkpoint folders of a killed run: "
+                            f"{', '.join(p.name for p in removed)}")
+            if restored:
+                log.message(f"resuming from {restored}: {self.progress.step} of {self.tc.steps} steps done, "
+                            f"continuing with step {self.progress.step + 1}")
+            elif resume:
+                log.message(f"--resume: no checkpoint in {self.checkpoint_dir} yet: starting at step 1")
+            if missing:
+                log.message(f"warning: {missing}: training without validation and previews")
+            self.validating = bool(self.tc.val_every or self.tc.preview_every) and not missing
+            # Loader workers ignore SIGINT/SIGTERM (pipeline.loader): a signal to the whole process
+            # group (Ctrl-C, a cluster's SIGTERM) reaches this process only, which saves and stops.
             with StopSignals() as stop:
                 stream = BatchStream(self.task.train_batches, derive_seed(self.tc.seed, self.dist.rank),
                                      self.progress)
@@ -212,6 +231,18 @@ class Trainer:
                 return self._loop(stream, log, stop)
         finally:
             log.close()
+
+    def _missing_validation(self) -> str | None:
+        """Why there is no validation data (None when there is, or none is needed), asked before step 1:
+        the run then trains without validation and previews instead of failing at its first validation
+        step; any other error of the validation data stops the run before it starts."""
+        if not (self.tc.val_every or self.tc.preview_every):
+            return None
+        try:
+            self.task.val_batches()
+        except NoValidationData as err:
+            return str(err)
+        return None
 
     def _loop(self, stream: BatchStream, log: RunLogger, stop: StopSignals) -> int | None:
         tc, window, meter, postfix = self.tc, [], Throughput(), {}
@@ -234,13 +265,13 @@ class Trainer:
                 postfix = {k: values[k] for k in ("loss", "samples_per_s", "frames_per_s") if k in values}
                 window = []
             log.progress(step, postfix)
-            if _due(step, tc.val_every) or (tc.val_every and last):
-                log.scalars(step, "val", self.validate())
-            if _due(step, tc.preview_every) and self.dist.is_main:
-                log.preview(step, self.preview())
             stopping = any_true(stop.signum is not None, self.dist) and not last
-            if _due(step, tc.checkpoint_every) or last or stopping:
+            if _due(step, tc.checkpoint_every) or last or stopping:  # before validation, which may fail
                 self.save()
+            if self.validating and (_due(step, tc.val_every) or (tc.val_every and last)):
+                log.scalars(step, "val", self.validate())
+            if self.validating and _due(step, tc.preview_every) and self.dist.is_main:
+                log.preview(step, self.preview())
             if stopping:
                 log.message(f"stopped by a signal at step {step}; checkpoint saved, continue with --resume")
                 return stop.signum or signal.SIGTERM
@@ -325,13 +356,13 @@ class Trainer:
         barrier(self.dist)
         return path
 
-    def restore(self) -> dict | None:
+    def restore(self) -> tuple[dict | None, Path | None]:
         """Load the latest checkpoint if there is one; return this rank's saved RNG state (None when
-        there is no checkpoint, or the number of ranks changed)."""
+        there is no checkpoint, or the number of ranks changed) and the checkpoint's path."""
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
-            return None
-        state, meta = load_checkpoint(path, self.raw, self.dist.device)
+            return None, None
+        state, meta = load_checkpoint(path, self.raw)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
             self.schedulers[name].load_state_dict(state["schedulers"][name])
@@ -339,8 +370,8 @@ class Trainer:
         if meta.get("world_size") != self.dist.world_size:
             warnings.warn(f"{path} was saved by {meta.get('world_size')} ranks, not {self.dist.world_size}: "
                           "random states are not restored", stacklevel=2)
-            return None
-        return state["rng"][self.dist.rank]
+            return None, path
+        return state["rng"][self.dist.rank], path
 
     def _buffers(self) -> list[Tensor]:
         return [b for m in self.raw.values() for b in m.buffers()]

@@ -44,6 +44,14 @@ VARIANTS.update({
     "rate60": BEST + ["loader.mask_rate=0.6"],
     "lr3e-3": BEST + ["train.lr=3e-3"],
     "white_only": BEST + ["loader.mask_white=1.0", "loader.mask_noise=0.0", "loader.mask_keep=0.0"],
+    # the interpolation across each gap corrected in dB by the head, L1 in dB: the default
+    "residual": SEED + ["train.reconstruct=residual", "train.next_weight=0"],
+})
+RESIDUAL = VARIANTS["residual"]
+VARIANTS.update({
+    "residual_silent": RESIDUAL + ["loader.mask_value=0.0"],
+    "residual_rate40": RESIDUAL + ["loader.mask_rate=0.4"],
+    "residual_lr3e-3": RESIDUAL + ["train.lr=3e-3"],
 })
 
 

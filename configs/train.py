@@ -28,8 +28,11 @@ class TrainConfig:
     compile: str = ""  # torch.compile backend of the trained models: "inductor" fuses kernels; "" off
     # Losses (pretraining; fine-tuning reads l1_weight and the adversarial settings).
     # Pretraining's objective (train/pretrain.py); the reference design's: mask, 1.0, next_weight 1.0.
-    reconstruct: Literal["mask", "head"] = "head"  # masked frames predicted as input x mask, or by the head
-    loss_power: float = 0.3  # pretraining's L1 compares magnitudes ** loss_power (1: linear magnitudes)
+    # Masked frames predicted as input x mask, by the head, or as a correction in dB to the linear
+    # interpolation across each gap (train/pretrain.py).
+    reconstruct: Literal["mask", "head", "residual"] = "residual"
+    loss_power: float = 0.3  # mask, head: the L1 compares magnitudes ** loss_power (1: linear magnitudes)
+    residual_db: float = 10.0  # residual: dB of correction per unit of the head's logit
     masked_weight: float = 1.0  # L1 on the masked frames
     unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)
     next_weight: float = 0.0  # BCE of the next-segment head (0: task off; its gradients swamp the L1's)
@@ -62,6 +65,8 @@ class TrainConfig:
             raise ValueError("loss weights must be >= 0")
         if not 0.0 < self.loss_power <= 1.0:
             raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
+        if self.residual_db <= 0:
+            raise ValueError(f"residual_db must be positive, got {self.residual_db}")
         if not 0.0 < self.initial_mask < 1.0:
             raise ValueError(f"initial_mask must be in (0, 1), got {self.initial_mask}")
         if min(self.log_every, self.val_every, self.val_batches, self.preview_every,

@@ -13,7 +13,8 @@ from specbert.model.precision import float32_region
 class MaskHead(nn.Module):
     """1x1 conv back to the input channels, sigmoid, in fp32 even under autocast.
 
-    ``h [B, C, F, T] -> mask [B, out_channels, F, T]`` in [0, 1], float32.
+    ``h [B, C, F, T] -> mask [B, out_channels, F, T]`` in [0, 1], float32; with ``logits`` the conv's
+    output before the sigmoid (pretraining's ``residual`` reconstruction reads it as a correction).
     """
 
     def __init__(self, channels: int, out_channels: int):
@@ -25,9 +26,16 @@ class MaskHead(nn.Module):
         with torch.no_grad():
             self.proj.bias.fill_(math.log(level / (1.0 - level)))
 
-    def forward(self, h: Tensor) -> Tensor:
+    def zero_(self) -> None:
+        """Weights and bias 0: every logit starts at 0 whatever the features."""
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            self.proj.bias.zero_()
+
+    def forward(self, h: Tensor, logits: bool = False) -> Tensor:
         with float32_region(h):
-            return torch.sigmoid(self.proj(h.float()))
+            out = self.proj(h.float())
+            return out if logits else torch.sigmoid(out)
 
 
 class NextSegmentHead(nn.Module):

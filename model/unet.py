@@ -150,8 +150,8 @@ class InputNorm(nn.Module):
 class SpecUNet(nn.Module):
     """The whole model: ``x [B, C, F, T]`` magnitudes in [0, 1] -> ``(mask [B, C, F, T], next_logit [B])``.
 
-    The mask is multiplicative (``prediction = x * mask``), float32 in [0, 1]; the next-segment logit
-    comes from the deepest features.  T may be any length, odd or even.
+    The mask is multiplicative (``prediction = x * mask``), float32 in [0, 1] (``logits=True``: before
+    its sigmoid); the next-segment logit comes from the deepest features.  T may be any length.
     """
 
     def __init__(self, cfg: ModelConfig, bins: int = 1024, in_channels: int = 2):
@@ -178,7 +178,7 @@ class SpecUNet(nn.Module):
         self.decoders = nn.ModuleList(reversed(decoders))  # index = level
         self.mask_head = MaskHead(width, in_channels)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, logits: bool = False) -> tuple[Tensor, Tensor]:
         skips = []
         # On CUDA the maps are channels-last: BatchNorm's kernels for NCHW reduce each channel in one
         # thread block (a few dozen channels leave most of the GPU idle), and cuDNN converts NCHW maps
@@ -195,4 +195,4 @@ class SpecUNet(nn.Module):
         next_logit = self.next_head(h)
         for level in reversed(range(len(self.decoders))):
             h = self.decoders[level](h, skips[level])
-        return self.mask_head(h).contiguous(), next_logit
+        return self.mask_head(h, logits).contiguous(), next_logit

@@ -43,10 +43,21 @@ def db_error(pred: Tensor, target: Tensor, frames: Tensor) -> Tensor:
     return region_l1(to_db(pred), to_db(target), frames)[0]
 
 
+def db_scale(spec: Tensor) -> Tensor:
+    """Magnitudes -> dB on a unit scale: ``DB_FLOOR`` and below 0, the track's peak 1 (float32).  L1
+    there is ``db_error / -DB_FLOOR``: the ``residual`` reconstruction's loss (``train.pretrain``)."""
+    return 1 - to_db(spec) / DB_FLOOR
+
+
+def from_db_scale(level: Tensor) -> Tensor:
+    """``db_scale``'s inverse: magnitudes (a level below 0 gives a magnitude below the floor)."""
+    return 10 ** ((1 - level.float()) * DB_FLOOR / 20)
+
+
 def db_image(spec: Tensor) -> np.ndarray:
-    """Magnitudes ``[F, T]`` -> an image in [0, 1]: ``DB_FLOOR`` and below 0, the track's peak 1 (every
-    preview panel on this one colour scale)."""
-    return (1 - to_db(spec) / DB_FLOOR).cpu().numpy()
+    """Magnitudes ``[F, T]`` -> an image in [0, 1] (``db_scale``: every preview panel on this one colour
+    scale)."""
+    return db_scale(spec).cpu().numpy()
 
 
 def nearest_known(known: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,13 +9,20 @@ The prediction of the masked frames (``train.reconstruct``):
 - ``mask`` (the reference design): ``input * mask``.  On a white token (input 1.0) that is the mask
   itself, a sigmoid squeezed near 0 (targets are mostly 1e-4..1e-2), so the head starts at
   ``train.initial_mask``, and no white token shows the model a value to scale;
-- ``head``: the head's output is the prediction itself, a magnitude ``** loss_power`` in [0, 1].  The
-  mask head is started afresh for fine-tuning (``finetune.fresh``), so pretraining may use it this way.
+- ``head``: the head's output is the prediction itself, a magnitude ``** loss_power`` in [0, 1];
+- ``residual`` (the default): the linear interpolation across each gap (``train.context``, the rule that
+  needs no learning), corrected in dB by the head's logit (``train.residual_db`` dB per unit; the head
+  starts at 0, so the first prediction is the rule's).  White tokens show the network that interpolation
+  in place of ``loader.mask_value``.  The loss is L1 in dB (``context.db_scale``), the fixed measure
+  itself, so every bit of ``context_gain`` above 0 is learned from context.
 
-Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)`` on magnitudes
-``** train.loss_power`` (1: linear, where L1 is dominated by a few loud bins and its optimum, the
-median, is near 0) ``+ next_weight * BCE(next_logit, is_next)`` ``+ adv_weight * BCE(D(reconstructed
-tokens), 1)``; the discriminator (``adv_weight > 0``) learns true vs reconstructed masked tokens cut into
+The mask head is started afresh for fine-tuning (``finetune.fresh``), so pretraining may use it this way.
+
+Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)`` in the
+reconstruction's domain (``residual``: dB; otherwise magnitudes ``** train.loss_power``, 1: linear, where
+L1 is dominated by a few loud bins and its optimum, the median, is near 0)
+``+ next_weight * BCE(next_logit, is_next)`` ``+ adv_weight * BCE(D(reconstructed tokens), 1)``; the
+discriminator (``adv_weight > 0``) learns true vs reconstructed masked tokens cut into
 a batch of their own.
 
 Validation scores the model against rules that need no learning (``train.context``) on the masked frames
@@ -38,7 +45,16 @@ from specbert.configs import Config
 from specbert.model import build_discriminator, build_model
 from specbert.pipeline.masking import NOISE, WHITE, seam_frames
 from specbert.pipeline.schema import TRAIN, VALIDATION
-from specbert.train.context import TRIVIAL, context_gain, db_error, db_image, interpolation
+from specbert.train.context import (
+    DB_FLOOR,
+    TRIVIAL,
+    context_gain,
+    db_error,
+    db_image,
+    db_scale,
+    from_db_scale,
+    interpolation,
+)
 from specbert.train.distributed import unwrap
 from specbert.train.losses import (
     compressed,
@@ -157,8 +173,11 @@ class PretrainTask:
 
     def build_models(self) -> dict[str, nn.Module]:
         model = build_model(self.cfg)
-        model.mask_head.start_at(self.tc.initial_mask ** self.tc.loss_power if self.tc.reconstruct == "head"
-                                 else self.tc.initial_mask)
+        if self.tc.reconstruct == "residual":
+            model.mask_head.zero_()  # no correction: the first prediction is the interpolation's
+        else:
+            model.mask_head.start_at(self.tc.initial_mask ** self.tc.loss_power
+                                     if self.tc.reconstruct == "head" else self.tc.initial_mask)
         if self.tc.next_weight == 0:
             model.next_head.requires_grad_(False)  # no loss reaches it
         models = {"model": model}
@@ -175,24 +194,45 @@ class PretrainTask:
         b, _, _, t = batch["input"].shape
         return b, b * t
 
-    def compress(self, spec: Tensor) -> Tensor:
-        """Magnitudes -> the loss's domain, ``** train.loss_power`` (float32)."""
+    def domain(self, spec: Tensor) -> Tensor:
+        """Magnitudes -> the loss's domain: dB on a unit scale (``residual``) or ``** train.loss_power``
+        (float32)."""
+        if self.tc.reconstruct == "residual":
+            return db_scale(spec)
         return compressed(spec, self.tc.loss_power)
 
-    def predict(self, model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """The model's reconstruction of ``x`` in the loss's domain and as magnitudes, and its next-segment
-        logit (see the module docstring)."""
+    def network_input(self, batch: Batch) -> Tensor:
+        """What the network sees (float32): the batch's input; with ``residual`` every white token shows
+        the linear interpolation across its gap instead of ``loader.mask_value``, so the features of a gap
+        start from the guess the head corrects (white bins teach the network nothing about the gap and
+        swamp the first BatchNorm's statistics: ``benchmarks/README.md``)."""
+        x = batch["input"].float()
+        if self.tc.reconstruct != "residual":
+            return x
+        white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1)
+        guess = interpolation(x, self.known_frames(batch["masked"]))
+        return torch.where(white.to(x.device)[:, None, None, :], guess, x)
+
+    def predict(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's reconstruction of the batch's target in the loss's domain and as magnitudes, and
+        its next-segment logit (see the module docstring)."""
+        x = self.network_input(batch)
+        if self.tc.reconstruct == "residual":
+            logit, next_logit = model(x, logits=True)
+            rule = db_scale(interpolation(x, self.known_frames(batch["masked"])))
+            level = rule + logit * (self.tc.residual_db / -DB_FLOOR)
+            return level, from_db_scale(level), next_logit
         mask, next_logit = model(x)
         if self.tc.reconstruct == "mask":
             linear = x * mask
-            return self.compress(linear), linear, next_logit
+            return self.domain(linear), linear, next_logit
         return mask, mask ** (1 / self.tc.loss_power), next_logit
 
     def losses(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, Tensor]:
         tc = self.tc
-        x, target, masked = batch["input"].float(), batch["target"], batch["masked"]
-        pred, linear, next_logit = self.predict(models["model"], x)
-        l1_masked, l1_unmasked = region_l1(pred, self.compress(target), masked)
+        target, masked = batch["target"], batch["masked"]
+        pred, linear, next_logit = self.predict(models["model"], batch)
+        l1_masked, l1_unmasked = region_l1(pred, self.domain(target), masked)
         out = {"l1_masked": l1_masked, "l1_unmasked": l1_unmasked}
         loss = tc.l1_weight * (tc.masked_weight * l1_masked + tc.unmasked_weight * l1_unmasked)
         if tc.next_weight > 0:
@@ -233,11 +273,11 @@ class PretrainTask:
         for batch in batches:
             x, target, is_next = batch["input"].float(), batch["target"], batch["is_next"]
             hidden, known = self.hidden_frames(batch), self.known_frames(batch["masked"])
-            _, linear, next_logit = self.predict(models["model"], x)
+            _, linear, next_logit = self.predict(models["model"], batch)
             guesses = {"": linear, **{f"_{name}": rule(x, known) for name, rule in TRIVIAL.items()}}
             for suffix, guess in guesses.items():
                 sums[f"db_error{suffix}"] += db_error(guess, target, hidden).item()
-                sums[f"l1_masked{suffix}"] += region_l1(self.compress(guess), self.compress(target),
+                sums[f"l1_masked{suffix}"] += region_l1(self.domain(guess), self.domain(target),
                                                         hidden)[0].item()
             sums["next_acc"] += next_accuracy(next_logit, is_next).item()
             sums["positives"] += is_next.float().mean().item()
@@ -251,11 +291,12 @@ class PretrainTask:
         return metrics
 
     def preview(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, np.ndarray]:
-        """Left channel of the first item, one colour scale (``train.context.db_image``): target, masked
-        input, the model's reconstruction of the masked frames (the input elsewhere) and the linear
+        """Left channel of the first item, one colour scale (``train.context.db_image``): target, the
+        network's input, the model's reconstruction of the masked frames (the input elsewhere) and the linear
         interpolation across each gap (a trivial rule)."""
-        x, masked = batch["input"][:1].float(), batch["masked"][:1]
-        _, linear, _ = self.predict(models["model"], x)
+        first = {name: value[:1] for name, value in batch.items()}
+        x, masked = self.network_input(first), first["masked"]
+        _, linear, _ = self.predict(models["model"], first)
         filled = torch.where(masked[:, None, None, :], linear, x)
         return {"target": db_image(batch["target"][0, 0]), "masked input": db_image(x[0, 0]),
                 "reconstruction": db_image(filled[0, 0]),

@@ -59,7 +59,9 @@ def test_a_nan_batch_is_skipped_without_touching_weights_or_statistics(tmp_path)
 
 
 def test_the_adversarial_path_updates_both_models(tmp_path):
-    cfg = micro_config("train.adv_weight=1.0", "train.l1_weight=100")
+    # The reference design's adversarial variant (input x mask): the residual head starts at zero, so
+    # its first step would leave the layers below it unchanged.
+    cfg = micro_config("train.adv_weight=1.0", "train.l1_weight=100", "train.reconstruct=mask")
     data = SyntheticData(cfg, 1)
     trainer = Trainer(PretrainTask(cfg, data), cfg, tmp_path, Dist())
     assert set(trainer.raw) == {"model", "disc"}

@@ -49,8 +49,10 @@ VARIANTS.update({
 })
 RESIDUAL = VARIANTS["residual"]
 VARIANTS.update({
-    "residual_silent": RESIDUAL + ["loader.mask_value=0.0"],
     "residual_rate40": RESIDUAL + ["loader.mask_rate=0.4"],
+    "residual_rate60": RESIDUAL + ["loader.mask_rate=0.6"],
+    "residual_token4": RESIDUAL + ["loader.token_frames=4"],
+    "residual_token16": RESIDUAL + ["loader.token_frames=16"],
     "residual_lr3e-3": RESIDUAL + ["train.lr=3e-3"],
 })
 

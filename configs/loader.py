@@ -13,7 +13,9 @@ class LoaderConfig:
     token_frames: int = 16  # frames per masked "word"
     mask_rate: float = 0.15  # share of tokens selected
     mask_white: float = 0.8  # of the selected: every bin set to mask_value
-    mask_value: float = 1.0  # a masked token's bins: 1.0 ("white", the reference design) or e.g. 0 (silent)
+    # A white token's bins: 1.0 (the reference design) or e.g. 0 (silent); train.reconstruct=residual
+    # shows the network the interpolation across the gap instead.
+    mask_value: float = 1.0
     mask_noise: float = 0.1  # of the selected: max(uniform noise, original)
     mask_keep: float = 0.1  # of the selected: left unchanged
     next_segment: bool = True  # build next-segment pairs

@@ -201,26 +201,26 @@ class PretrainTask:
             return db_scale(spec)
         return compressed(spec, self.tc.loss_power)
 
-    def network_input(self, batch: Batch) -> Tensor:
-        """What the network sees (float32): the batch's input; with ``residual`` every white token shows
-        the linear interpolation across its gap instead of ``loader.mask_value``, so the features of a gap
-        start from the guess the head corrects (white bins teach the network nothing about the gap and
-        swamp the first BatchNorm's statistics: ``benchmarks/README.md``)."""
+    def network_input(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """What the network sees (float32) and, with ``residual``, the linear interpolation across each gap
+        that its head corrects (None otherwise).  With ``residual`` every white token shows that
+        interpolation instead of ``loader.mask_value``, so the features of a gap start from the guess the
+        head corrects (white bins teach the network nothing about the gap and swamp the first BatchNorm's
+        statistics: ``benchmarks/README.md``)."""
         x = batch["input"].float()
         if self.tc.reconstruct != "residual":
-            return x
+            return x, None
+        guess = interpolation(x, self.known_frames(batch["masked"]))  # known frames are the input's own
         white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1)
-        guess = interpolation(x, self.known_frames(batch["masked"]))
-        return torch.where(white.to(x.device)[:, None, None, :], guess, x)
+        return torch.where(white.to(x.device)[:, None, None, :], guess, x), guess
 
     def predict(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """The model's reconstruction of the batch's target in the loss's domain and as magnitudes, and
         its next-segment logit (see the module docstring)."""
-        x = self.network_input(batch)
-        if self.tc.reconstruct == "residual":
+        x, guess = self.network_input(batch)
+        if guess is not None:
             logit, next_logit = model(x, logits=True)
-            rule = db_scale(interpolation(x, self.known_frames(batch["masked"])))
-            level = rule + logit * (self.tc.residual_db / -DB_FLOOR)
+            level = db_scale(guess) + logit * (self.tc.residual_db / -DB_FLOOR)
             return level, from_db_scale(level), next_logit
         mask, next_logit = model(x)
         if self.tc.reconstruct == "mask":
@@ -295,7 +295,7 @@ class PretrainTask:
         network's input, the model's reconstruction of the masked frames (the input elsewhere) and the linear
         interpolation across each gap (a trivial rule)."""
         first = {name: value[:1] for name, value in batch.items()}
-        x, masked = self.network_input(first), first["masked"]
+        (x, _), masked = self.network_input(first), first["masked"]
         _, linear, _ = self.predict(models["model"], first)
         filled = torch.where(masked[:, None, None, :], linear, x)
         return {"target": db_image(batch["target"][0, 0]), "masked input": db_image(x[0, 0]),

@@ -100,16 +100,19 @@ class _FrameConvFunction(torch.autograd.Function):
 
 
 class FrameConv(nn.Conv2d):
-    """A (k, 1) convolution with stride (s, 1), "same" padding along frequency, no bias; k odd.
+    """A (k, 1) convolution with stride (s, 1), "same" padding along frequency, a bias if asked; k odd
+    (k = 1: the pointwise convolutions of the heads and the blocks' bottlenecks, which oneDNN computes
+    many times slower than a matrix product on CPU: ``benchmarks/README.md``).
 
     ``[B, Cin, F, T] -> [B, Cout, ceil(F / s), T]``.  Narrow ones (fewer than ``NARROW`` input or output
     channels) on NCHW maps on CPU (training) run ``_FrameConvFunction``; the others, channels-last maps
     (CUDA, CPU inference) and all when tracing or exporting to ONNX, ``nn.Conv2d``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 bias: bool = False):
         padding = (kernel_size // 2, 0)
-        super().__init__(in_channels, out_channels, (kernel_size, 1), (stride, 1), padding, bias=False)
+        super().__init__(in_channels, out_channels, (kernel_size, 1), (stride, 1), padding, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         narrow = min(self.in_channels, self.out_channels) < NARROW
@@ -119,4 +122,5 @@ class FrameConv(nn.Conv2d):
         if torch.is_autocast_enabled("cpu"):  # the dtype autocast gives convolutions
             dtype = torch.get_autocast_dtype("cpu")
             x, weight = x.to(dtype), weight.to(dtype)
-        return _FrameConvFunction.apply(x, weight, self.stride[0])
+        out = _FrameConvFunction.apply(x, weight, self.stride[0])
+        return out if self.bias is None else out + self.bias.to(out.dtype)[:, None, None]

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from specbert.model.frame_conv import FrameConv
 from specbert.model.precision import float32_region
 
 
@@ -19,7 +20,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, channels: int, out_channels: int):
         super().__init__()
-        self.proj = nn.Conv2d(channels, out_channels, 1)
+        self.proj = FrameConv(channels, out_channels, 1, bias=True)
 
     def start_at(self, level: float) -> None:
         """Set the bias to ``logit(level)``, so the initial mask is about ``level`` (0 < level < 1)."""

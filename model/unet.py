@@ -71,9 +71,9 @@ class FrameTransformer(nn.Module):
 
     def __init__(self, channels: int, bins: int, cfg: ModelConfig, memory_channels: int = 0):
         super().__init__()
-        self.bottleneck = nn.Conv2d(channels, 1, 1)
+        self.bottleneck = FrameConv(channels, 1, 1, bias=True)
         if memory_channels:
-            self.memory_bottleneck = nn.Conv2d(memory_channels, 1, 1)
+            self.memory_bottleneck = FrameConv(memory_channels, 1, 1, bias=True)
         self.block = EvolvedBlock(bins, cfg, cross=memory_channels > 0)
 
     def forward(self, x: Tensor, memory: Tensor | None = None) -> Tensor:

@@ -123,10 +123,11 @@ def test_time_conv_equals_conv1d(groups, kernel_size, length):
 @pytest.mark.parametrize("channels", [(2, 3), (9, 1)])
 @pytest.mark.parametrize("kernel_size, stride", [(1, 1), (3, 1), (3, 2), (5, 2), (3, 3)])
 @pytest.mark.parametrize("bins", [1, 12, 13])
-def test_frame_conv_equals_conv2d(channels, kernel_size, stride, bins):
+@pytest.mark.parametrize("bias", [False, True])
+def test_frame_conv_equals_conv2d(channels, kernel_size, stride, bins, bias):
     """A narrow FrameConv computes on CPU with its own maths; values and gradients are nn.Conv2d's."""
     torch.manual_seed(0)
-    conv = FrameConv(*channels, kernel_size, stride)
+    conv = FrameConv(*channels, kernel_size, stride, bias=bias)
     x = torch.randn(2, channels[0], bins, 5, requires_grad=True)
     ours, reference = conv(x), nn.Conv2d.forward(conv, x)
     torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)

@@ -19,6 +19,11 @@ class ModelConfig:
     # input normalisation, carried in the model's weights).  Linear measured best when fine-tuning on
     # real music (benchmarks/README.md).
     input_power: float = 1.0
+    # Bins folded into channels before the first level (lossless: bin p*f + j becomes channel c*p + j of
+    # row f), and unfolded after the mask head, which gives each bin its own value.  2 halves every
+    # level's bins (and its blocks' d_model) and leaves no map at the full 1024 bins, where the thin
+    # frame convolutions are slowest on CPU (benchmarks/README.md).
+    bin_patch: int = 1
     kernel_size: int = 3  # frequency kernel k of the (k, 1) frame convolutions (odd)
     encoder_blocks: tuple[int, ...] = (1, 1, 1, 2, 2, 2)  # transformer encoder blocks per level
     decoder_blocks: tuple[int, ...] = (0, 1, 1, 2, 2)  # transformer decoder blocks per level but the deepest
@@ -49,6 +54,8 @@ class ModelConfig:
             )
         if min(self.encoder_blocks) < 0 or min(self.decoder_blocks, default=0) < 0:
             raise ValueError("encoder_blocks and decoder_blocks must be >= 0")
+        if self.bin_patch < 1 or self.bin_patch & (self.bin_patch - 1):
+            raise ValueError(f"bin_patch must be a power of two, got {self.bin_patch}")
         if self.kernel_size < 1 or self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, got {self.kernel_size}")
         if not 0.0 < self.input_power <= 1.0:

@@ -2,7 +2,7 @@
 
 Spectrograms are ``[B, C, F, T]``.  Frame convolutions have (k, 1) kernels, so frames never mix in the
 convolutions and the time resolution never changes; frames meet only in the transformer blocks (and in
-their time convolutions).  Level ``l`` has ``F = bins / 2**l`` bins, its blocks' d_model.
+their time convolutions).  Level ``l`` has ``F = bins / (bin_patch * 2**l)`` bins, its blocks' d_model.
 """
 
 from __future__ import annotations
@@ -127,6 +127,23 @@ class DecoderLevel(nn.Module):
         return self.conv(torch.cat([h, skip], dim=1))
 
 
+def fold_bins(x: Tensor, patch: int) -> Tensor:
+    """``[B, C, F, T] -> [B, C * p, F / p, T]``: bin ``p f + j`` of channel c is row f of channel
+    ``c p + j``."""
+    if patch == 1:
+        return x
+    batch, channels, bins, frames = x.shape
+    return x.reshape(batch, channels, bins // patch, patch, frames).transpose(2, 3).flatten(1, 2)
+
+
+def unfold_bins(x: Tensor, patch: int) -> Tensor:
+    """The inverse of ``fold_bins``: ``[B, C * p, F / p, T] -> [B, C, F, T]``."""
+    if patch == 1:
+        return x
+    batch, channels, rows, frames = x.shape
+    return x.reshape(batch, channels // patch, patch, rows, frames).transpose(2, 3).flatten(2, 3)
+
+
 class InputNorm(nn.Module):
     """The network's features of its input: ``x ** power`` (1: ``x``), then a learned per-bin, per-channel
     scale and offset (starting at 1 and 0).  ``x [B, C, F, T]`` in [0, 1] -> same shape.
@@ -156,12 +173,15 @@ class SpecUNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig, bins: int = 1024, in_channels: int = 2):
         super().__init__()
-        if bins % 2 ** (cfg.depth - 1):
-            raise ValueError(f"{cfg.depth} levels need bins ({bins}) divisible by {2 ** (cfg.depth - 1)}")
-        level_bins = [bins >> level for level in range(cfg.depth)]
+        divisor = cfg.bin_patch * 2 ** (cfg.depth - 1)
+        if bins % divisor:
+            raise ValueError(f"{cfg.depth} levels of bin_patch {cfg.bin_patch} need bins ({bins}) "
+                             f"divisible by {divisor}")
+        self.patch = cfg.bin_patch
+        level_bins = [bins // self.patch >> level for level in range(cfg.depth)]
         self.input_norm = InputNorm(in_channels, bins, cfg.input_power)
         self.encoders = nn.ModuleList()
-        width = in_channels
+        width = in_channels * self.patch
         for level, (channels, blocks) in enumerate(zip(cfg.channels, cfg.encoder_blocks, strict=True)):
             stride = 1 if level == 0 else 2
             self.encoders.append(EncoderLevel(width, channels, level_bins[level], stride, blocks, cfg))
@@ -176,7 +196,7 @@ class SpecUNet(nn.Module):
             )
             width = channels
         self.decoders = nn.ModuleList(reversed(decoders))  # index = level
-        self.mask_head = MaskHead(width, in_channels)
+        self.mask_head = MaskHead(width, in_channels * self.patch)
 
     def forward(self, x: Tensor, logits: bool = False) -> tuple[Tensor, Tensor]:
         skips = []
@@ -187,7 +207,7 @@ class SpecUNet(nn.Module):
         # training keeps NCHW maps: oneDNN's backward is no faster on channels-last ones, and
         # FrameConv's narrow path wants NCHW.
         channels_last = x.is_cuda or not torch.is_grad_enabled()
-        h = self.input_norm(x)
+        h = fold_bins(self.input_norm(x), self.patch)
         h = h.contiguous(memory_format=torch.channels_last) if channels_last else h
         for encoder in self.encoders:
             h = encoder(h)
@@ -195,4 +215,4 @@ class SpecUNet(nn.Module):
         next_logit = self.next_head(h)
         for level in reversed(range(len(self.decoders))):
             h = self.decoders[level](h, skips[level])
-        return self.mask_head(h, logits).contiguous(), next_logit
+        return unfold_bins(self.mask_head(h, logits), self.patch).contiguous(), next_logit

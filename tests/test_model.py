@@ -12,7 +12,7 @@ from specbert.configs import ConfigError, load_config
 from specbert.model import build_discriminator, build_model, describe
 from specbert.model.attention import Attention, TimeConv, skew
 from specbert.model.frame_conv import FrameConv
-from specbert.model.unet import FrameTransformer, blend_upsample
+from specbert.model.unet import FrameTransformer, blend_upsample, fold_bins, unfold_bins
 
 STATED_SIZES = {"tiny": 1.8e6, "base": 50e6, "large": 200e6, "flat": 50e6}  # as the presets' comments say
 
@@ -164,6 +164,21 @@ def test_tiny_shapes_odd_and_even_frames(frames):
     assert next_logit.shape == (2,) and next_logit.dtype == torch.float32
 
 
+def test_bin_patch_folds_neighbouring_bins_into_channels_and_back():
+    """``model.bin_patch``: bin ``p f + j`` of channel c is row f of channel ``c p + j`` (lossless), the
+    levels work at half the bins, and the mask gives each bin its own value."""
+    x = spectrogram(1, 9)
+    folded = fold_bins(x, 2)
+    assert torch.equal(folded[:, 1, 3], x[:, 0, 7]) and torch.equal(folded[:, 2, 3], x[:, 1, 6])
+    assert torch.equal(unfold_bins(fold_bins(x, 4), 4), x)
+    model = tiny("model.bin_patch=2")
+    widths = [level.blocks[0].block.ffn.up.in_features for level in model.encoders if level.blocks]
+    assert widths == [128, 64, 32]
+    mask, _ = model(x)
+    assert mask.shape == x.shape
+    assert not torch.allclose(mask[..., 0::2, :], mask[..., 1::2, :])  # the two bins of a row differ
+
+
 def test_inference_runs_channels_last_maps():
     """CPU training runs the maps NCHW (narrow convs by FrameConv's matrix products); inference, as CUDA
     always, channels-last through nn.Conv2d: every block keeps the layout, the values agree, and the mask
@@ -301,6 +316,8 @@ def test_config_errors_are_clear():
         load_config("tiny", ["model.decoder_blocks=[1]"])
     with pytest.raises(ConfigError, match="kernel_size"):
         load_config("tiny", ["model.kernel_size=4"])
+    with pytest.raises(ConfigError, match="bin_patch"):
+        load_config("tiny", ["model.bin_patch=3"])
     with pytest.raises(ValueError, match="num_heads"):
         tiny("model.num_heads=3")
 

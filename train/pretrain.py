@@ -214,10 +214,9 @@ class PretrainTask:
         white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1)
         return torch.where(white.to(x.device)[:, None, None, :], guess, x), guess
 
-    def predict(self, model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
-        """The model's reconstruction of the batch's target in the loss's domain and as magnitudes, and
-        its next-segment logit (see the module docstring)."""
-        x, guess = self.network_input(batch)
+    def predict(self, model: nn.Module, x: Tensor, guess: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's reconstruction of the target in the loss's domain and as magnitudes, and its
+        next-segment logit (see the module docstring), from ``network_input``'s ``(x, guess)``."""
         if guess is not None:
             logit, next_logit = model(x, logits=True)
             level = db_scale(guess) + logit * (self.tc.residual_db / -DB_FLOOR)
@@ -231,7 +230,7 @@ class PretrainTask:
     def losses(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, Tensor]:
         tc = self.tc
         target, masked = batch["target"], batch["masked"]
-        pred, linear, next_logit = self.predict(models["model"], batch)
+        pred, linear, next_logit = self.predict(models["model"], *self.network_input(batch))
         l1_masked, l1_unmasked = region_l1(pred, self.domain(target), masked)
         out = {"l1_masked": l1_masked, "l1_unmasked": l1_unmasked}
         loss = tc.l1_weight * (tc.masked_weight * l1_masked + tc.unmasked_weight * l1_unmasked)
@@ -273,7 +272,7 @@ class PretrainTask:
         for batch in batches:
             x, target, is_next = batch["input"].float(), batch["target"], batch["is_next"]
             hidden, known = self.hidden_frames(batch), self.known_frames(batch["masked"])
-            _, linear, next_logit = self.predict(models["model"], batch)
+            _, linear, next_logit = self.predict(models["model"], *self.network_input(batch))
             guesses = {"": linear, **{f"_{name}": rule(x, known) for name, rule in TRIVIAL.items()}}
             for suffix, guess in guesses.items():
                 sums[f"db_error{suffix}"] += db_error(guess, target, hidden).item()
@@ -295,8 +294,9 @@ class PretrainTask:
         network's input, the model's reconstruction of the masked frames (the input elsewhere) and the linear
         interpolation across each gap (a trivial rule)."""
         first = {name: value[:1] for name, value in batch.items()}
-        (x, _), masked = self.network_input(first), first["masked"]
-        _, linear, _ = self.predict(models["model"], first)
+        x, guess = self.network_input(first)
+        _, linear, _ = self.predict(models["model"], x, guess)
+        masked = first["masked"]
         filled = torch.where(masked[:, None, None, :], linear, x)
         return {"target": db_image(batch["target"][0, 0]), "masked input": db_image(x[0, 0]),
                 "reconstruction": db_image(filled[0, 0]),

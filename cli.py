@@ -17,6 +17,8 @@ import click
 from specbert.configs import ConfigError, load_config, preset_names
 from specbert.messages import log, progress_bars
 
+UNCAPPED = 10**9  # a step budget that a --minutes budget never reaches
+
 
 def setup_logging(verbose: int, quiet: int) -> None:
     """specbert's messages at INFO by default, DEBUG with -v, WARNING with -q (no progress bars either),
@@ -214,6 +216,9 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
 @click.option("--run-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="RUN_DIR/seed_S/{pretrained,scratch} hold the fine-tunes; the report goes here.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Step budget of each arm.")
+@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Wall-clock budget of each arm (train.minutes; the learning-rate decay runs over it); "
+                   "--steps then only caps the steps (default: no cap).")
 @click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run both arms for this many seeds (train.seed and up); the report gives mean and spread.")
 @click.option("--test", "test", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
@@ -223,7 +228,7 @@ def finetune(manifest, run_dir, init, steps, resume, device, cfg):
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, callback=check_device,
               help="Default: cuda when available.")
 @config_options
-def compare(manifest, init, run_dir, steps, seeds, test, split, device, cfg):
+def compare(manifest, init, run_dir, steps, minutes, seeds, test, split, device, cfg):
     """Does pretraining help?  Fine-tune from --init and from scratch with the same budget, data and seed, for
     --seeds seeds, and report validation uSDR over the steps, and with --test the test-split uSDR of the
     exported models: per arm the mean and spread over seeds, and the gain (compare.json, compare.md,
@@ -236,7 +241,10 @@ def compare(manifest, init, run_dir, steps, seeds, test, split, device, cfg):
     from specbert.train.checkpoint import CheckpointError
     from specbert.train.compare import compare as run
 
-    if steps is not None:
+    if minutes is not None:
+        cfg.train.minutes = minutes
+        cfg.finetune.steps = steps or UNCAPPED
+    elif steps is not None:
         cfg.finetune.steps = steps
     try:
         report, paths = run(cfg, manifest, init, run_dir, seeds, test, split, device, log=log.info)

@@ -23,6 +23,10 @@ class FinetuneConfig:
     # The L1 compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
     # the quiet bins count too.
     loss_power: float = 1.0
+    # What the L1 compares the masked mixture with: "magnitude" |A|, |V|; "phase" the stems projected on
+    # the mixture's phase, Re(A conj(M)) / |M| (the phase-sensitive target: the error of the separated
+    # spectrum m * M, which keeps the mixture's phase, is smallest where m * |M| meets it).
+    target: Literal["magnitude", "phase"] = "magnitude"
     remix_prob: float = 0.5  # vocals taken from another track of the stream
     no_vocals_prob: float = 0.1  # the mixture is the accompaniment alone
     gain_db: float = 3.0  # each stem's gain is uniform in +-gain_db
@@ -37,5 +41,7 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.loss_power <= 1.0:
             raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
+        if self.target not in ("magnitude", "phase"):
+            raise ValueError(f"target must be 'magnitude' or 'phase', got {self.target!r}")
         if self.vocal_weight < 0 or self.gain_db < 0 or self.vocal_pool < 1:
             raise ValueError("vocal_weight and gain_db must be >= 0, vocal_pool >= 1")

@@ -7,8 +7,8 @@ It is ``pipeline.loader.build_loader`` (shard source, shuffling, decoding, worke
 counts) with the stages of ``StemsTask``. A training batch holds
 
     mixture        float16 [B, C, bins, T]  |A + V| / peak clipped to [0, 1]  (bins = 1024, T = crop)
-    accompaniment  float16 [B, C, bins, T]  |A| / peak, likewise
-    vocals         float16 [B, C, bins, T]  |V| / peak
+    accompaniment  float16 [B, C, bins, T]  |A| / peak, likewise (or A along the mixture's phase: ``targets``)
+    vocals         float16 [B, C, bins, T]  |V| / peak (likewise)
     track          list[str]                the accompaniment's track
     vocals_track   list[str]                the vocals' track ("" when there are none)
 
@@ -103,11 +103,21 @@ def remix(samples: Iterable[dict], cfg: FinetuneConfig, rng: np.random.Generator
             vocals, vocals_track = entry["vocals"], entry["track"]
         gain_a, gain_v = 10.0 ** (rng.uniform(-cfg.gain_db, cfg.gain_db, size=2) / 20.0)
         accompaniment, vocals = sample["accompaniment"] * np.float32(gain_a), vocals * np.float32(gain_v)
-        magnitudes = {"mixture": np.abs(accompaniment + vocals), "accompaniment": np.abs(accompaniment),
-                      "vocals": np.abs(vocals)}
+        mixture = accompaniment + vocals
+        magnitudes = {"mixture": np.abs(mixture), **targets(accompaniment, vocals, mixture, cfg.target)}
         peak = max(max_magnitude(magnitudes["mixture"]), gain_a * sample["peak"])
         yield {"key": sample["key"], "track": track, "vocals_track": vocals_track,
                **{name: normalise(torch.from_numpy(x), peak) for name, x in magnitudes.items()}}
+
+
+def targets(accompaniment: np.ndarray, vocals: np.ndarray, mixture: np.ndarray, target: str) -> dict:
+    """The training targets of complex stems: their magnitudes (``finetune.target`` "magnitude"), or their
+    parts along the mixture's phase, ``Re(S conj(M)) / |M|`` ("phase"; negative where a stem opposes the
+    mixture, so ``normalise`` clips it to 0, which a mask in [0, 1] cannot go below anyway)."""
+    if target == "magnitude":
+        return {"accompaniment": np.abs(accompaniment), "vocals": np.abs(vocals)}
+    direction = np.conj(mixture) / np.maximum(np.abs(mixture), np.float32(1e-12))  # e^(-i phase), 0 at 0
+    return {"accompaniment": (accompaniment * direction).real, "vocals": (vocals * direction).real}
 
 
 def whole_segment(sample: dict) -> dict:

@@ -104,6 +104,31 @@ def test_the_mixture_is_the_exact_sum_of_the_stems(samples):
         assert sample["vocals_track"] == sample["track"]
 
 
+def test_phase_targets_are_what_the_best_mask_on_the_mixture_reaches(samples):
+    """With ``finetune.target`` "phase" the targets add up to the mixture's magnitude (where neither is
+    clipped at 0), and the mask that meets them (clipped to [0, 1]) separates the complex stem better than
+    the magnitude ratio does."""
+    cfg = FinetuneConfig(remix_prob=1.0, no_vocals_prob=0.0, gain_db=0.0, target="phase")
+    originals = crops(samples)
+    out = list(remix(originals, cfg, np.random.default_rng(0)))
+    by_track = {crop["track"]: crop for crop in originals}
+    overlaps, errors = 0, np.zeros(2)  # errors of the masks that meet the targets and of the ratio
+    for crop, sample in zip(originals[1:], out[1:], strict=True):
+        accompaniment = crop["accompaniment"]
+        mixture = accompaniment + by_track[sample["vocals_track"]]["vocals"]
+        peak = max(float(np.abs(mixture).max()), crop["peak"])
+        x, a, v = (sample[name].float().numpy() for name in ("mixture", "accompaniment", "vocals"))
+        inside = (x > 1e-2) & (a > 0) & (v > 0)  # neither clipped at 0; float16 steps far below x
+        assert np.abs(a + v - x)[inside].max(initial=0) < 2e-3
+        overlaps += int(inside.sum())
+        assert (a + v >= x - 2e-3).all()  # clipping a negative part at 0 only adds
+        assert (a <= magnitude(accompaniment, peak).float().numpy() + 2e-3).all()
+        ratio = np.clip(np.abs(accompaniment) / np.maximum(np.abs(mixture), 1e-12), 0, 1)
+        best = np.clip(a / np.maximum(x, 1e-6), 0, 1)
+        errors += [float(np.sum(np.abs(mask * mixture - accompaniment) ** 2)) for mask in (best, ratio)]
+    assert overlaps > 1000 and errors[0] < 0.9 * errors[1]
+
+
 def test_the_stems_add_up_to_the_stored_mixture(samples):
     for sample in samples:
         accompaniment, vocals = stems_pair(sample["stems"], 0, 64)
@@ -256,6 +281,7 @@ def test_compare_runs_both_arms_for_each_seed_and_scores_the_test_split(manifest
     assert (run_dir / "compare.png").stat().st_size > 0
     text = (run_dir / "compare.md").read_text()
     assert "| pretrained |" in text and "±" in text and "test instrumental" in text
+    assert text.startswith("# Pretrained vs scratch: 2 fine-tuning steps per arm")
     assert "mixture (floor)" in result.stdout
 
 

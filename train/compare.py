@@ -98,8 +98,9 @@ def build_report(runs: dict[tuple[int, str], dict], init: str, cfg: Config, test
             for arm in ARMS}
     gain = {name: spread([get(runs[seed, "pretrained"]) - get(runs[seed, "scratch"]) for seed in seeds])
             for name, get in figures.items()}
-    return {"init": init, "steps": cfg.finetune.steps, "seeds": seeds, "test": test,
-            "runs": [{"seed": seed, "arm": arm, **runs[seed, arm]} for seed in seeds for arm in ARMS],
+    return {"init": init, "steps": cfg.finetune.steps, "minutes": cfg.train.minutes, "seeds": seeds,
+            "test": test, "runs": [{"seed": seed, "arm": arm, **runs[seed, arm]} for seed in seeds
+                                   for arm in ARMS],
             "arms": arms, "gain_db": gain}
 
 
@@ -132,11 +133,18 @@ def markdown(report: dict) -> str:
                    if len(report["seeds"]) > 1 else f"seed {report['seeds'][0]}")
     test = f"; test: the exported models on {report['test']}" if report["test"] else ""
     return "\n".join([
-        f"# Pretrained vs scratch: {report['steps']} fine-tuning steps, {spread_note}", "",
+        f"# Pretrained vs scratch: {budget(report)} per arm, {spread_note}", "",
         *header, *rows, "",
         f"uSDR in dB (whole-track SDR, mean over tracks): validation: the last validation of each run{test}. "
         f"Pretrained arm: from {report['init']}. The gain is paired by seed.", "",
         "## Runs", "", *per_run, ""])
+
+
+def budget(report: dict) -> str:
+    """Each arm's fine-tuning budget in words: minutes of wall-clock time, or steps."""
+    if report["minutes"]:
+        return f"{report['minutes']:g} minutes of fine-tuning"
+    return f"{report['steps']} fine-tuning steps"
 
 
 def plot(report: dict, path: Path) -> Path:

@@ -17,8 +17,6 @@ import click
 from specbert.configs import ConfigError, load_config, preset_names
 from specbert.messages import log, progress_bars
 
-UNCAPPED = 10**9  # a step budget that a --minutes budget never reaches
-
 
 def setup_logging(verbose: int, quiet: int) -> None:
     """specbert's messages at INFO by default, DEBUG with -v, WARNING with -q (no progress bars either),
@@ -236,6 +234,7 @@ def compare(manifest, init, run_dir, steps, minutes, seeds, test, split, device,
 
     Run it again to continue every arm (they resume from their checkpoints).
     """
+    from specbert.configs.train import UNCAPPED_STEPS
     from specbert.inference.export import ExportError
     from specbert.pipeline.manifest import ManifestError
     from specbert.train.checkpoint import CheckpointError
@@ -243,7 +242,7 @@ def compare(manifest, init, run_dir, steps, minutes, seeds, test, split, device,
 
     if minutes is not None:
         cfg.train.minutes = minutes
-        cfg.finetune.steps = steps or UNCAPPED
+        cfg.finetune.steps = steps or UNCAPPED_STEPS
     elif steps is not None:
         cfg.finetune.steps = steps
     try:

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from specbert.configs.audio import AudioConfig
+from specbert.configs.train import UNCAPPED_STEPS
 from specbert.inference.evaluate import METRICS, find_tracks, ideal_ratio_mask, load_track, score
 from specbert.pipeline.audio import read_audio
 
@@ -56,7 +57,7 @@ def train(stems: Path, work: Path, config: str, minutes: float, overrides: list[
         specbert("ingest-stems", str(stems / "train"), "--out", str(shards), "--config", config,
                  "--workers", "2", "--no-progress", "--set", "ingest.val_fraction=0", threads=threads)
     if not model.exists():
-        sets = [f"train.minutes={minutes}", "finetune.steps=100000000", "train.val_every=0",
+        sets = [f"train.minutes={minutes}", f"finetune.steps={UNCAPPED_STEPS}", "train.val_every=0",
                 "train.preview_every=0", *overrides]
         started = time.monotonic()
         specbert("finetune", "--config", config, "--manifest", str(shards / "manifest.jsonl"),

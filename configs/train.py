@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+UNCAPPED_STEPS = 10**9  # a step budget that a ``minutes`` budget never reaches: the time is the budget
+
 
 @dataclass
 class TrainConfig:

@@ -104,19 +104,22 @@ def remix(samples: Iterable[dict], cfg: FinetuneConfig, rng: np.random.Generator
         gain_a, gain_v = 10.0 ** (rng.uniform(-cfg.gain_db, cfg.gain_db, size=2) / 20.0)
         accompaniment, vocals = sample["accompaniment"] * np.float32(gain_a), vocals * np.float32(gain_v)
         mixture = accompaniment + vocals
-        magnitudes = {"mixture": np.abs(mixture), **targets(accompaniment, vocals, mixture, cfg.target)}
+        magnitude = np.abs(mixture)
+        magnitudes = {"mixture": magnitude, **targets(accompaniment, vocals, mixture, magnitude, cfg.target)}
         peak = max(max_magnitude(magnitudes["mixture"]), gain_a * sample["peak"])
         yield {"key": sample["key"], "track": track, "vocals_track": vocals_track,
                **{name: normalise(torch.from_numpy(x), peak) for name, x in magnitudes.items()}}
 
 
-def targets(accompaniment: np.ndarray, vocals: np.ndarray, mixture: np.ndarray, target: str) -> dict:
-    """The training targets of complex stems: their magnitudes (``finetune.target`` "magnitude"), or their
-    parts along the mixture's phase, ``Re(S conj(M)) / |M|`` ("phase"; negative where a stem opposes the
-    mixture, so ``normalise`` clips it to 0, which a mask in [0, 1] cannot go below anyway)."""
+def targets(accompaniment: np.ndarray, vocals: np.ndarray, mixture: np.ndarray, magnitude: np.ndarray,
+            target: str) -> dict:
+    """The training targets of complex stems (``mixture`` their sum, ``magnitude`` its absolute value): their
+    magnitudes (``finetune.target`` "magnitude"), or their parts along the mixture's phase,
+    ``Re(S conj(M)) / |M|`` ("phase"; negative where a stem opposes the mixture, so ``normalise`` clips it to
+    0, which a mask in [0, 1] cannot go below anyway)."""
     if target == "magnitude":
         return {"accompaniment": np.abs(accompaniment), "vocals": np.abs(vocals)}
-    direction = np.conj(mixture) / np.maximum(np.abs(mixture), np.float32(1e-12))  # e^(-i phase), 0 at 0
+    direction = np.conj(mixture) / np.maximum(magnitude, np.float32(1e-12))  # e^(-i phase), 0 at 0
     return {"accompaniment": (accompaniment * direction).real, "vocals": (vocals * direction).real}
 
 

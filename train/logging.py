@@ -49,10 +49,12 @@ class RunLogger:
         self.jsonl.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         self.jsonl.flush()
 
-    def progress(self, step: int, postfix: dict[str, float]) -> None:
-        """Move the bar to ``step`` (its ETA follows) and show ``postfix``."""
+    def progress(self, step: int, total: int, postfix: dict[str, float]) -> None:
+        """Move the bar to ``step`` of ``total`` (a time budget's estimate moves; the ETA follows) and
+        show ``postfix``."""
         if not self.enabled:
             return
+        self.bar.total = total
         self.bar.update(step - self.bar.n)
         self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
 

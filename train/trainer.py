@@ -207,7 +207,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
             write_meta(self.run_dir, self.dist.world_size)
             removed = remove_unfinished(self.checkpoint_dir)
-        log = RunLogger(self.run_dir, self.tc.steps, self.progress.step, self.cfg.audio,
+        log = RunLogger(self.run_dir, self.total_steps(), self.progress.step, self.cfg.audio,
                         enabled=self.dist.is_main)
         try:
             if removed:
@@ -264,7 +264,7 @@ class Trainer:
                 log.scalars(step, "train", values)
                 postfix = {k: values[k] for k in ("loss", "samples_per_s", "frames_per_s") if k in values}
                 window = []
-            log.progress(step, postfix)
+            log.progress(step, step if last else self.total_steps(), postfix)
             stopping = any_true(stop.signum is not None, self.dist) and not last
             if _due(step, tc.checkpoint_every) or last or stopping:  # before validation, which may fail
                 self.save()

@@ -86,8 +86,9 @@ def separate(model: Path, tracks: list[dict], est: Path, threads: int | None, ex
         shutil.rmtree(scratch)
 
 
-def score_methods(tracks: list[dict], estimates: dict[str, Path], use_museval: bool) -> dict:
-    """``{method: {stem: {metric: overall dB}}}`` for the estimate folders, the floor and the ceiling."""
+def score_methods(tracks: list[dict], estimates: dict[str, Path], use_museval: bool) -> tuple[dict, dict]:
+    """``{method: {stem: {metric: overall dB}}}`` for the estimate folders, the floor and the ceiling, and
+    the same per track: ``{method: {track: {stem: {metric: dB}}}}``."""
     audio = AudioConfig()
     per_track: dict[str, list[dict]] = {name: [] for name in (*estimates, "mixture", "irm")}
     for track in tracks:
@@ -100,9 +101,19 @@ def score_methods(tracks: list[dict], estimates: dict[str, Path], use_museval: b
                              for stem, path in files.items()}
         for name, estimate in methods.items():
             per_track[name].append(score(references, estimate, audio.sample_rate, use_museval))
-    return {name: {stem: {metric: float(METRICS[metric].reduce([t[stem][metric] for t in scores]))
-                          for metric in scores[0][stem]} for stem in STEMS}
-            for name, scores in per_track.items()}
+    overall = {name: {stem: {metric: float(METRICS[metric].reduce([t[stem][metric] for t in scores]))
+                             for metric in scores[0][stem]} for stem in STEMS}
+               for name, scores in per_track.items()}
+    names = [track["name"] for track in tracks]
+    return overall, {name: dict(zip(names, scores, strict=True)) for name, scores in per_track.items()}
+
+
+def paired(ours: dict, theirs: dict) -> str:
+    """Instrumental uSDR of ``ours`` minus ``theirs`` track by track: how many tracks each wins, and the
+    range. With 8 test tracks a lead carried by one or two tracks is not a lead."""
+    diffs = [ours[t]["instrumental"]["usdr"] - theirs[t]["instrumental"]["usdr"] for t in ours]
+    ahead = sum(d > 0 for d in diffs)
+    return f"ahead on {ahead} of {len(diffs)} tracks, per track {min(diffs):+.2f} to {max(diffs):+.2f} dB"
 
 
 def fit(wave: np.ndarray, length: int) -> np.ndarray:
@@ -146,16 +157,19 @@ def main(argv: list[str] | None = None) -> None:
     separate(args.work / "model.safetensors", tracks, est, args.threads, args.separate_arg)
     labels = args.label + [f"baseline{i}" for i in range(len(args.label), len(args.baseline))]
     methods = {f"specbert {args.config}": est, **dict(zip(labels, args.baseline, strict=False))}
-    overall = score_methods(tracks, methods, not args.no_museval)
+    overall, per_track = score_methods(tracks, methods, not args.no_museval)
     report = {"config": args.config, "minutes": args.minutes, "overrides": args.overrides,
-              "separate_args": args.separate_arg, "test_tracks": len(tracks), **trained, "overall": overall}
+              "separate_args": args.separate_arg, "test_tracks": len(tracks), **trained, "overall": overall,
+              "tracks": per_track}
     (args.work / "quality.json").write_text(json.dumps(report, indent=1))
     print(f"\n{args.config}: {trained['steps']} steps in {trained['wall_s'] / 60:.1f} min of fine-tuning "
           f"({trained['samples_per_s']} samples/s at the end), {len(tracks)} test tracks")
     print(table(overall))
-    ours = overall[f"specbert {args.config}"]["instrumental"]["usdr"]
+    ours = f"specbert {args.config}"
     for name in labels[: len(args.baseline)]:
-        print(f"instrumental uSDR, specbert - {name}: {ours - overall[name]['instrumental']['usdr']:+.2f} dB")
+        lead = overall[ours]["instrumental"]["usdr"] - overall[name]["instrumental"]["usdr"]
+        print(f"instrumental uSDR, specbert - {name}: {lead:+.2f} dB "
+              f"({paired(per_track[ours], per_track[name])})")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,11 @@ class FinetuneConfig:
     # The L1 compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
     # the quiet bins count too.
     loss_power: float = 1.0
+    # How the masked mixture is compared with the target: "l1" mean absolute error (its optimum is the
+    # median, so a few frames of loud error weigh little); "rmse" root mean squared error (Open-Unmix's MSE,
+    # rooted so that its gradients keep L1's scale for Adam: normalised magnitudes are ~1e-3 and their
+    # squares would sink below Adam's eps). The metrics are named after it: l1_instrumental, rmse_vocals.
+    distance: Literal["l1", "rmse"] = "l1"
     # What the L1 compares the masked mixture with: "magnitude" |A|, |V|; "phase" the stems projected on
     # the mixture's phase, Re(A conj(M)) / |M| (the phase-sensitive target: the error of the separated
     # spectrum m * M, which keeps the mixture's phase, is smallest where m * |M| meets it).
@@ -41,6 +46,8 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.loss_power <= 1.0:
             raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
+        if self.distance not in ("l1", "rmse"):
+            raise ValueError(f"distance must be 'l1' or 'rmse', got {self.distance!r}")
         if self.target not in ("magnitude", "phase"):
             raise ValueError(f"target must be 'magnitude' or 'phase', got {self.target!r}")
         if self.vocal_weight < 0 or self.gain_db < 0 or self.vocal_pool < 1:

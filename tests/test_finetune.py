@@ -25,7 +25,7 @@ from specbert.pipeline.manifest import read_manifest
 from specbert.pipeline.shards import iter_shard
 from specbert.pipeline.spectral import normalise
 from specbert.pipeline.stems_loader import build_stems_loader, crop_stems, remix, stems_pair
-from specbert.train.finetune import load_init
+from specbert.train.finetune import FinetuneTask, load_init
 
 ROOT = Path(__file__).resolve().parents[1]
 # Six example tracks: four train (one of them instrumental), one validation (ingest.val_fraction=0.1 holds
@@ -218,6 +218,27 @@ def test_init_from_a_model_file_with_a_frozen_encoder(manifest, init_file, tmp_p
     encoder = [n for n in params if n.startswith("encoders.")]
     assert all(torch.equal(trained[n], source[n]) for n in encoder)  # frozen: not one update
     assert not torch.equal(trained["decoders.0.conv.0.weight"], source["decoders.0.conv.0.weight"])
+
+
+@pytest.mark.parametrize("distance", ["l1", "rmse"])
+def test_the_fine_tune_loss_is_the_chosen_distance_of_both_stems(manifest, distance, one_thread):
+    cfg = load_config("tiny", [*SMALL, f"finetune.distance={distance}", "finetune.vocal_weight=0.5"])
+    task = FinetuneTask(cfg, manifest)
+    batch = next(iter(task.train_batches(0)))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        out = task.losses({"model": model}, batch)
+        x = batch["mixture"].double()
+        mask = model(batch["mixture"].float())[0].double()
+    errors = {"instrumental": mask * x - batch["accompaniment"].double(),
+              "vocals": (1 - mask) * x - batch["vocals"].double()}
+    expected = {stem: (e.abs().mean() if distance == "l1" else e.square().mean().sqrt()).item()
+                for stem, e in errors.items()}
+    assert set(out) == {f"{distance}_instrumental", f"{distance}_vocals", "loss"}
+    for stem, value in expected.items():
+        assert out[f"{distance}_{stem}"].item() == pytest.approx(value, rel=1e-4)
+    assert out["loss"].item() == pytest.approx(expected["instrumental"] + 0.5 * expected["vocals"], rel=1e-4)
 
 
 def test_a_resumed_finetune_matches_an_uninterrupted_one(manifest, tmp_path, one_thread):

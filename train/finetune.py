@@ -5,7 +5,8 @@ normalised magnitudes).  The model's mask ``m`` keeps the instrumental:
 
     loss = L1(m * |mix|, |accompaniment|) + finetune.vocal_weight * L1((1 - m) * |mix|, |vocals|)
 
-with the magnitudes raised to ``finetune.loss_power`` inside each L1.
+with the magnitudes raised to ``finetune.loss_power`` inside each L1 (``finetune.distance=rmse``: root mean
+squared errors instead).
 
 ``--init`` loads a pretraining checkpoint or an exported model by tensor name (``load_init`` reports what
 was loaded, new and unused).  With ``finetune.freeze_encoder_steps`` the encoder levels get no gradient for
@@ -40,7 +41,7 @@ from specbert.pipeline.spectral import istft, model_input
 from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
 from specbert.train.context import db_image
 from specbert.train.distributed import unwrap
-from specbert.train.losses import compressed, frozen_call, l1
+from specbert.train.losses import DISTANCES, compressed, frozen_call
 from specbert.train.rng import derive_seed
 from specbert.train.trainer import NoValidationData, launch
 
@@ -176,12 +177,16 @@ class FinetuneTask:
     def losses(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, Tensor]:
         x = batch["mixture"].float()
         mask = self._mask(models["model"], x)
-        power = self.ft.loss_power
-        out = {"l1_instrumental": l1(compressed(mask * x, power), compressed(batch["accompaniment"], power))}
-        loss = out["l1_instrumental"]
+        name, distance, power = self.ft.distance, DISTANCES[self.ft.distance], self.ft.loss_power
+
+        def error(pred: Tensor, target: Tensor) -> Tensor:
+            return distance(compressed(pred, power), compressed(target, power))
+
+        out = {f"{name}_instrumental": error(mask * x, batch["accompaniment"])}
+        loss = out[f"{name}_instrumental"]
         if self.ft.vocal_weight > 0:
-            out["l1_vocals"] = l1(compressed((1 - mask) * x, power), compressed(batch["vocals"], power))
-            loss = loss + self.ft.vocal_weight * out["l1_vocals"]
+            out[f"{name}_vocals"] = error((1 - mask) * x, batch["vocals"])
+            loss = loss + self.ft.vocal_weight * out[f"{name}_vocals"]
         out["loss"] = loss
         return out
 

@@ -1,4 +1,4 @@
-"""Loss functions: L1 and region-weighted L1, next-segment BCE, and the adversarial pieces.
+"""Loss functions: L1, RMSE and region-weighted L1, next-segment BCE, and the adversarial pieces.
 
 Shapes: spectrograms ``[B, C, F, T]``, frame selections ``[B, T]`` (bool), logits ``[B]`` or any shape
 for the discriminator.  Every loss is computed in float32, even under autocast.
@@ -15,6 +15,14 @@ from torch.func import functional_call
 def l1(pred: Tensor, target: Tensor) -> Tensor:
     """Mean absolute error over every element."""
     return (pred.float() - target.float()).abs().mean()
+
+
+def rmse(pred: Tensor, target: Tensor) -> Tensor:
+    """Root mean squared error over every element."""
+    return (pred.float() - target.float()).square().mean().sqrt()
+
+
+DISTANCES = {"l1": l1, "rmse": rmse}  # finetune.distance -> the loss
 
 
 def compressed(x: Tensor, power: float) -> Tensor:

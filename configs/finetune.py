@@ -20,7 +20,7 @@ class FinetuneConfig:
     freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
     fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
-    # The L1 compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
+    # The loss compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
     # the quiet bins count too.
     loss_power: float = 1.0
     # How the masked mixture is compared with the target: "l1" mean absolute error (its optimum is the
@@ -28,7 +28,7 @@ class FinetuneConfig:
     # rooted so that its gradients keep L1's scale for Adam: normalised magnitudes are ~1e-3 and their
     # squares would sink below Adam's eps). The metrics are named after it: l1_instrumental, rmse_vocals.
     distance: Literal["l1", "rmse"] = "l1"
-    # What the L1 compares the masked mixture with: "magnitude" |A|, |V|; "phase" the stems projected on
+    # What the loss compares the masked mixture with: "magnitude" |A|, |V|; "phase" the stems projected on
     # the mixture's phase, Re(A conj(M)) / |M| (the phase-sensitive target: the error of the separated
     # spectrum m * M, which keeps the mixture's phase, is smallest where m * |M| meets it).
     target: Literal["magnitude", "phase"] = "magnitude"
@@ -46,9 +46,5 @@ class FinetuneConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 < self.loss_power <= 1.0:
             raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
-        if self.distance not in ("l1", "rmse"):
-            raise ValueError(f"distance must be 'l1' or 'rmse', got {self.distance!r}")
-        if self.target not in ("magnitude", "phase"):
-            raise ValueError(f"target must be 'magnitude' or 'phase', got {self.target!r}")
         if self.vocal_weight < 0 or self.gain_db < 0 or self.vocal_pool < 1:
             raise ValueError("vocal_weight and gain_db must be >= 0, vocal_pool >= 1")

@@ -25,6 +25,9 @@ class TrainConfig:
     poly_power: float = 1.0  # exponent of the polynomial decay (1: linear)
     min_lr_ratio: float = 0.0
     grad_clip: float = 0.5  # max global gradient norm per model (0: off)
+    # Decay per step of the running average of the model's weights that validation, previews, checkpoints
+    # and export see (train/ema.py; 0: off, the trained weights themselves).
+    ema_decay: float = 0.0
     seed: int = 0
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     compile: str = ""  # torch.compile backend of the trained models: "inductor" fuses kernels; "" off
@@ -58,6 +61,8 @@ class TrainConfig:
         if self.effective_batch is not None and self.effective_batch % self.batch_size:
             raise ValueError(f"effective_batch ({self.effective_batch}) must be a multiple of "
                              f"batch_size ({self.batch_size})")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.minutes < 0:
             raise ValueError(f"minutes must be >= 0, got {self.minutes}")
         if self.lr <= 0 or self.disc_lr <= 0 or self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from specbert.configs import load_config
-from specbert.train.checkpoint import list_checkpoints
+from specbert.train.checkpoint import list_checkpoints, load_state
 from specbert.train.distributed import Dist
 from specbert.train.pretrain import PretrainTask, SyntheticData
 from specbert.train.trainer import BatchStream, Trainer
@@ -109,10 +109,12 @@ class SignalAt:
         return {}
 
 
-def test_a_run_stopped_by_sigterm_and_resumed_matches_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("average", [[], ["train.ema_decay=0.8"]], ids=["trained", "averaged"])
+def test_a_run_stopped_by_sigterm_and_resumed_matches_an_uninterrupted_one(tmp_path, average):
     """SIGTERM during step 3 of 6: the step finishes, a checkpoint is saved, the run returns; resuming
-    gives the same losses and weights as 6 steps straight (epochs of 2 batches: it resumes mid-epoch)."""
-    cfg = micro_config("train.steps=6", "train.val_every=3", "train.grad_accum=1")
+    gives the same losses and weights as 6 steps straight (epochs of 2 batches: it resumes mid-epoch);
+    with a weight average, the same validation of the average and the same trained weights."""
+    cfg = micro_config("train.steps=6", "train.val_every=3", "train.grad_accum=1", *average)
     data = SyntheticData(cfg, 3)
     assert Trainer(PretrainTask(cfg, data), cfg, tmp_path / "straight", Dist()).fit() is None
     stopped = Trainer(PretrainTask(cfg, SignalAt(data, 3)), cfg, tmp_path / "resumed", Dist()).fit()
@@ -128,6 +130,37 @@ def test_a_run_stopped_by_sigterm_and_resumed_matches_an_uninterrupted_one(tmp_p
     a = load_file(tmp_path / "straight/checkpoints/step_00000006/model.safetensors")
     b = load_file(tmp_path / "resumed/checkpoints/step_00000006/model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_state(tmp_path / run / "checkpoints/step_00000006/state.pt")
+            for run in ("straight", "resumed"))
+    assert a.keys() == b.keys() and ("trained" in a) == bool(average)
+    assert all(torch.equal(a["trained"][k], b["trained"][k]) for k in a.get("trained", {}))
+
+
+def test_checkpoints_hold_the_running_average_of_the_weights_and_the_trained_ones_beside(tmp_path):
+    """``train.ema_decay``: after each step the average moves towards the trained weights by 1 - d, with
+    d = min(decay, (1 + n) / (10 + n)) at update n; validation sees the average, the checkpoint's weights
+    file holds it (what export and --init read) and its state the trained weights."""
+    decay = 0.5
+    cfg = micro_config(f"train.ema_decay={decay}", "model.dropout=0.0")
+    data = SyntheticData(cfg, 4)
+    trainer = Trainer(PretrainTask(cfg, data), cfg, tmp_path, Dist())
+    expected = snapshot(trainer.raw["model"])
+    stream = BatchStream(data.train, 0, trainer.progress)
+    for n in range(1, 5):  # d: 2/11, 3/12, 4/13, then the decay 0.5
+        trainer.train_step(stream)
+        d = min(decay, (1 + n) / (10 + n))
+        trained = snapshot(trainer.raw["model"])
+        expected = {k: d * v + (1 - d) * trained[k] if v.is_floating_point() else trained[k]
+                    for k, v in expected.items()}
+    average = trainer.delivered()["model"]
+    assert average is not trainer.raw["model"] and not average.training
+    moved = [k for k, v in average.state_dict().items() if not torch.equal(v, trained[k])]
+    assert moved and all(torch.allclose(average.state_dict()[k], expected[k], atol=1e-7) for k in expected)
+    folder = trainer.save()
+    weights, state = load_file(folder / "model.safetensors"), load_state(folder / "state.pt")
+    assert all(torch.equal(weights[k], average.state_dict()[k]) for k in weights)
+    assert all(torch.equal(state["trained"][k], trained[k]) for k in trained)
+    assert state["average_updates"] == 4
 
 
 def _ddp_rank(rank: int, world: int, port: int, tmp: str):

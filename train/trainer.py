@@ -1,9 +1,10 @@
 """The generic training loop: a ``Task`` says what to compute, the ``Trainer`` does everything else.
 
 Everything else is: devices and DDP, bf16 autocast, gradient accumulation and clipping, AdamW and the
-learning-rate schedule of every model, skipping non-finite steps, validation, previews, logging,
-checkpoints every N steps and on SIGTERM/SIGINT, and exact resumption (model, optimizers,
-schedulers, RNG states and the position in the batch stream are all saved).
+learning-rate schedule of every model, skipping non-finite steps, an average of the exported model's
+weights (``train.ema_decay``), validation, previews, logging, checkpoints every N steps and on
+SIGTERM/SIGINT, and exact resumption (model, optimizers, schedulers, RNG states and the position in
+the batch stream are all saved).
 
     trainer = Trainer(task, cfg, run_dir, init_distributed())
     signum = trainer.fit(resume=True)     # None when the step budget was reached
@@ -42,6 +43,7 @@ from specbert.train.distributed import (
     unwrap,
     wrap_ddp,
 )
+from specbert.train.ema import WeightAverage
 from specbert.train.logging import RunLogger, Throughput
 from specbert.train.optim import build_optimizer, build_scheduler
 from specbert.train.rng import derive_seed, rng_state, seed_all, seeded, set_rng_state
@@ -155,7 +157,9 @@ class Trainer:
     """Trains ``task``'s models with the ``train`` section of ``cfg``, writing to ``run_dir``.
 
     ``raw`` holds the models, ``models`` the same behind DDP when there are several ranks; one AdamW
-    and one schedule per model.  See ``train.logging`` and ``train.checkpoint`` for the run directory.
+    and one schedule per model.  ``average`` is the running average of ``raw["model"]`` (None when
+    ``train.ema_decay`` is 0); ``delivered()`` is what validation, previews and checkpoints' weights
+    files see.  See ``train.logging`` and ``train.checkpoint`` for the run directory.
     """
 
     def __init__(self, task: Task, cfg: Config, run_dir: Path, dist: Dist):
@@ -165,6 +169,7 @@ class Trainer:
         self.raw = {name: m.to(dist.device) for name, m in task.build_models().items()}
         self.models = {name: wrap_ddp(self._compiled(m), dist) for name, m in self.raw.items()}
         self.optimizers = {n: build_optimizer(m, **task.optimizer_settings(n)) for n, m in self.raw.items()}
+        self.average = WeightAverage(self.raw["model"], self.tc.ema_decay) if self.tc.ema_decay else None
         self.progress = Progress()
         self.schedulers = {n: build_scheduler(o, self.tc, self.total_steps)
                            for n, o in self.optimizers.items()}
@@ -315,6 +320,8 @@ class Trainer:
         if ok:
             for opt in self.optimizers.values():
                 opt.step()
+            if self.average is not None:
+                self.average.update(self.raw["model"])
         else:
             self.progress.skipped += 1
             for saved, b in zip(buffers, self._buffers(), strict=True):
@@ -330,14 +337,14 @@ class Trainer:
         """The task's validation metrics on ``val_batches`` batches per rank, averaged over ranks."""
         with self._evaluating(), seeded(derive_seed(self.tc.seed, self.dist.rank, 1)):
             batches = itertools.islice(self.task.val_batches(), self.tc.val_batches)
-            metrics = self.task.validate(self.raw, map(self._to_device, batches))
+            metrics = self.task.validate(self.delivered(), map(self._to_device, batches))
         return mean_over_ranks(metrics, self.dist)
 
     def preview(self) -> dict[str, np.ndarray]:
         """The task's preview of the first validation batch."""
         with self._evaluating(), seeded(derive_seed(self.tc.seed, 2)):
             batch = self._to_device(next(iter(self.task.val_batches())))
-            return self.task.preview(self.raw, batch)
+            return self.task.preview(self.delivered(), batch)
 
     def save(self) -> Path | None:
         """Checkpoint the run (a collective: every rank calls it); rank 0 writes."""
@@ -350,8 +357,11 @@ class Trainer:
                 "progress": dataclasses.asdict(self.progress),
                 "rng": rng,
             }
+            if self.average is not None:  # the weights files hold the average; training resumes from these
+                state["trained"] = self.raw["model"].state_dict()
+                state["average_updates"] = self.average.updates
             meta = {"world_size": self.dist.world_size, "config": self.cfg.to_dict()}
-            path = save_checkpoint(self.checkpoint_dir, self.progress.step, self.raw, state, meta,
+            path = save_checkpoint(self.checkpoint_dir, self.progress.step, self.delivered(), state, meta,
                                    self.tc.keep_last)
         barrier(self.dist)
         return path
@@ -362,7 +372,13 @@ class Trainer:
         path = latest_checkpoint(self.checkpoint_dir)
         if path is None:
             return None, None
-        state, meta = load_checkpoint(path, self.raw)
+        state, meta = load_checkpoint(path, self.delivered())
+        if "trained" in state:  # saved with an average: the weights files hold it, the state the trained ones
+            self.raw["model"].load_state_dict(state["trained"])
+        elif self.average is not None:  # saved without one: the weights files hold the trained weights
+            self.raw["model"].load_state_dict(self.average.module.state_dict())
+        if self.average is not None:
+            self.average.updates = state.get("average_updates", 0)
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
             self.schedulers[name].load_state_dict(state["schedulers"][name])
@@ -372,6 +388,13 @@ class Trainer:
                           "random states are not restored", stacklevel=2)
             return None, path
         return state["rng"][self.dist.rank], path
+
+    def delivered(self) -> dict[str, nn.Module]:
+        """The models as validated, previewed and checkpointed: ``raw``, with ``model`` replaced by its
+        average when there is one."""
+        if self.average is None:
+            return self.raw
+        return {**self.raw, "model": self.average.module}
 
     def _buffers(self) -> list[Tensor]:
         return [b for m in self.raw.values() for b in m.buffers()]

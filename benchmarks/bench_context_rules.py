@@ -11,6 +11,10 @@ pretraining validates on (``--config``'s crop, token length and mask rate, ``--s
   each bin's mean over the crop, that correction averaged over ``p`` adjacent bins.  ``p`` = 1 is a
   correction at the full resolution, 4 and 16 at the resolutions of the U-Net's transformer levels
   (256 and 64 bins): what a model whose frames meet only at those levels could learn of this cue;
+- ``repetition c`` (``train.context.repetition``): each gap copied, in dB, from the stretch of the crop
+  whose ``c`` frames each side best match the ``c`` known frames each side of the gap (music repeats: a
+  beat, a bar, a held chord), what attention over frames could learn to do; ``repetition oracle``: the
+  stretch that best matches the hidden frames themselves, the most that copying from the crop gives;
 - ``oracle_smooth t x f``: the target itself averaged over ``t`` frames and ``f`` bins, how far a
   smooth estimate of the true gap can get (the noise floor of the measure).
 """
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from specbert.configs import load_config
-from specbert.train.context import TRIVIAL, db_error, interpolation, to_db
+from specbert.train.context import TRIVIAL, db_error, interpolation, repetition, to_db
 from specbert.train.pretrain import ManifestData, PretrainTask
 
 
@@ -54,6 +58,9 @@ def scores(task: PretrainTask, batches: int) -> dict[str, float]:
             for p in (1, 4, 16):
                 guess = 10 ** ((line + pooled(a * (mean - line), p)) / 20)
                 sums[f"toward_mean {a} / pool {p}"] += db_error(guess, target, hidden).item()
+        for c in (4, 16):
+            sums[f"repetition {c}"] += db_error(repetition(x, known, c), target, hidden).item()
+        sums["repetition oracle"] += db_error(repetition(x, known, reference=target), target, hidden).item()
         for t, f in ((1, 3), (5, 3), (9, 3)):
             sums[f"oracle_smooth {t} x {f}"] += db_error(smoothed(target, t, f), target, hidden).item()
         seen += 1

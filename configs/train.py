@@ -38,6 +38,9 @@ class TrainConfig:
     reconstruct: Literal["mask", "head", "residual"] = "residual"
     loss_power: float = 0.3  # mask, head: the L1 compares magnitudes ** loss_power (1: linear magnitudes)
     residual_db: float = 10.0  # residual: dB of correction per unit of the head's logit
+    # residual: the guess in each gap that the network sees and its head corrects: the straight line
+    # across the gap, or the best-matching stretch of the crop copied into it (train/context.py).
+    gap_guess: Literal["interpolation", "repetition"] = "interpolation"
     masked_weight: float = 1.0  # L1 on the masked frames
     unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)
     next_weight: float = 0.0  # BCE of the next-segment head (0: task off; its gradients swamp the L1's)

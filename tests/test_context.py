@@ -12,6 +12,7 @@ from specbert.train.context import (
     db_error,
     interpolation,
     neighbour_mean,
+    repetition,
     silence,
 )
 
@@ -43,6 +44,26 @@ def test_rules_at_the_edges_repeat_the_one_side_and_give_silence_without_any():
     nothing = torch.zeros(1, 6, dtype=torch.bool)
     for rule in (silence, neighbour_mean, interpolation, bin_mean):
         assert rule(x, nothing).eq(0).all()
+
+
+def test_repetition_copies_the_stretch_whose_surroundings_match_the_gap_s():
+    """A crop that repeats every 10 frames with a 4-frame gap: the copy of the stretch a period away is
+    the hidden content, which no trivial rule finds; with nothing to copy, the interpolation stays."""
+    g = torch.Generator().manual_seed(0)
+    period = 0.01 + torch.rand(1, 2, 6, 10, generator=g)  # above the dB floor
+    target = period.repeat(1, 1, 1, 4)  # 40 frames
+    known = torch.ones(1, 40, dtype=torch.bool)
+    known[0, 22:26] = False
+    x = torch.where(known[:, None, None], target, torch.ones(()))  # white gap
+    hidden = ~known
+    assert db_error(repetition(x, known, context=2), target, hidden) < 1e-3
+    assert db_error(repetition(x, known, reference=target), target, hidden) < 1e-3
+    for rule in (interpolation, bin_mean):
+        assert db_error(rule(x, known), target, hidden) > 1.0
+    torch.testing.assert_close(repetition(x, known)[..., known[0]], target[..., known[0]])
+    short = known[:, :8].clone()  # 8 frames, a 4-frame gap: no stretch 4 frames away fits with its context
+    short[0, 2:6] = False
+    torch.testing.assert_close(repetition(x[..., :8], short), interpolation(x[..., :8], short))
 
 
 def test_neighbour_mean_and_interpolation_match_a_loop():

@@ -23,7 +23,7 @@ from specbert.cli import main
 from specbert.configs import load_config
 from specbert.pipeline.example_library import write_example_library
 from specbert.pipeline.ingest import ingest_library
-from specbert.train.context import DB_FLOOR, TRIVIAL, db_error, interpolation
+from specbert.train.context import DB_FLOOR, TRIVIAL, db_error, interpolation, repetition
 from specbert.train.pretrain import ManifestData, PretrainTask
 
 # The tiny model on short crops and small batches, to keep CPU steps short.
@@ -135,20 +135,26 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_state(manifest, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
 
 
-def test_the_residual_reconstruction_starts_at_the_interpolation_and_its_loss_is_the_fixed_measure(manifest):
-    """``train.reconstruct=residual`` (the default): before any step the model's reconstruction is the linear
-    interpolation across each gap, so ``context_gain`` starts from the rule, not below it; the training
-    loss is the dB error itself (on a unit scale)."""
-    cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.val_batches=2"])
+@pytest.mark.parametrize("guess", ["interpolation", "repetition"])
+def test_the_residual_reconstruction_starts_at_its_guess_and_its_loss_is_the_fixed_measure(manifest, guess):
+    """``train.reconstruct=residual`` (the default): before any step the model's reconstruction is the guess
+    in each gap (``train.gap_guess``: the linear interpolation, or the copy of the best-matching stretch),
+    so ``context_gain`` starts from that rule, not below it; the training loss is the dB error itself (on
+    a unit scale); validation scores the copy either way."""
+    cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.val_batches=2",
+                               f"train.gap_guess={guess}"])
     assert cfg.train.reconstruct == "residual"
     task = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu"))
     models = task.build_models()
     with torch.no_grad():
         metrics = task.validate(models, task.val_batches())
-        assert metrics["db_error"] == pytest.approx(metrics["db_error_interpolation"], abs=1e-4)
+        assert metrics["db_error"] == pytest.approx(metrics[f"db_error_{guess}"], abs=1e-4)
+        assert metrics["gain_over_repetition"] == pytest.approx(1 - metrics["db_error"]
+                                                                / metrics["db_error_repetition"])
         assert metrics["db_error"] < metrics["db_error_silence"]
         batch = next(iter(task.train_batches(0)))
         loss = task.losses(models, batch)["l1_masked"]
-        rule = interpolation(batch["input"].float(), task.known_frames(batch["masked"]))
+        rule = (repetition if guess == "repetition" else interpolation)(
+            batch["input"].float(), task.known_frames(batch["masked"]))
         expected = db_error(rule, batch["target"], batch["masked"]).item()
         assert loss.item() * -DB_FLOOR == pytest.approx(expected, rel=1e-4)

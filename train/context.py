@@ -112,6 +112,48 @@ TRIVIAL = {"silence": silence, "neighbours": neighbour_mean, "interpolation": in
            "bin_mean": bin_mean}
 
 
+def gaps(known: Tensor) -> list[tuple[int, int]]:
+    """The runs ``[start, stop)`` of unknown frames in one crop's ``known [T]``."""
+    edges = torch.diff(torch.nn.functional.pad((~known).int(), (1, 1))).tolist()
+    starts = [i for i, e in enumerate(edges) if e == 1]
+    return list(zip(starts, [i for i, e in enumerate(edges) if e == -1], strict=True))
+
+
+def repetition(x: Tensor, known: Tensor, context: int = 4, reference: Tensor | None = None) -> Tensor:
+    """Music repeats (a beat, a bar, a held chord): each gap copied from the stretch of known frames, at
+    least a gap's length away, whose ``context`` frames on each side best match the known frames on each
+    side of the gap (mean absolute dB difference over every bin).  Not a trivial rule, a search: it is
+    not in ``TRIVIAL`` (``context_gain``'s denominator), and validation reports it beside them as what
+    copying from the crop is worth.  With ``reference`` (the target) the stretch is the one that best
+    matches the gap itself: the most that copying can give.  A gap with no such stretch keeps the
+    interpolation."""
+    db, out = to_db(x), to_db(interpolation(x, known))
+    t = known.shape[1]
+    for b in range(x.shape[0]):
+        k = known[b]
+        for start, stop in gaps(k):
+            if reference is None:
+                where = torch.cat([torch.arange(start - context, start), torch.arange(stop, stop + context)])
+                where = where[(where >= 0) & (where < t)].to(k.device)
+                where = where[k[where]]
+                pattern = db[b][..., where]
+            else:
+                where = torch.arange(start, stop, device=k.device)
+                pattern = to_db(reference[b][..., start:stop])
+            shifts = torch.arange(-t + 1, t, device=k.device)
+            shifts = shifts[shifts.abs() >= stop - start]  # the copy does not overlap the gap
+            frames = torch.cat([where, torch.arange(start, stop, device=k.device)])[None] + shifts[:, None]
+            fits = (frames >= 0).all(1) & (frames < t).all(1)
+            frames = frames[fits]
+            frames = frames[k[frames].all(1)]  # every frame matched or copied is known
+            if not len(where) or not len(frames):
+                continue
+            matched = db[b][..., frames[:, : len(where)]]  # [C, F, candidates, len(where)]
+            best = (matched - pattern[..., None, :]).abs().mean(dim=(0, 1, 3)).argmin()
+            out[b][..., start:stop] = db[b][..., frames[best, len(where):]]
+    return 10 ** (out / 20)
+
+
 def context_gain(errors: dict[str, float]) -> float:
     """``1 - errors["model"] / min(errors of the TRIVIAL predictors)``."""
     return 1.0 - errors["model"] / max(min(errors[name] for name in TRIVIAL), 1e-12)

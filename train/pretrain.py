@@ -10,11 +10,14 @@ The prediction of the masked frames (``train.reconstruct``):
   itself, a sigmoid squeezed near 0 (targets are mostly 1e-4..1e-2), so the head starts at
   ``train.initial_mask``, and no white token shows the model a value to scale;
 - ``head``: the head's output is the prediction itself, a magnitude ``** loss_power`` in [0, 1];
-- ``residual`` (the default): the linear interpolation across each gap (``train.context``, the rule that
-  needs no learning), corrected in dB by the head's logit (``train.residual_db`` dB per unit; the head
-  starts at 0, so the first prediction is the rule's).  White tokens show the network that interpolation
+- ``residual`` (the default): a guess in each gap (``train.gap_guess``: the linear interpolation across
+  it, the rule that needs no learning, or the best-matching stretch of the crop copied into it,
+  ``train.context.repetition``), corrected in dB by the head's logit (``train.residual_db`` dB per unit;
+  the head starts at 0, so the first prediction is the guess).  White tokens show the network that guess
   in place of ``loader.mask_value``.  The loss is L1 in dB (``context.db_scale``), the fixed measure
-  itself, so every bit of ``context_gain`` above 0 is learned from context.
+  itself.  With the interpolation every bit of ``context_gain`` above 0 is learned from context; with
+  the copied stretch ``context_gain`` starts at the copy's, and ``gain_over_repetition`` is what the
+  network adds.
 
 The mask head is started afresh for fine-tuning (``finetune.fresh``), so pretraining may use it this way.
 
@@ -27,7 +30,8 @@ a batch of their own.
 
 Validation scores the model against rules that need no learning (``train.context``) on the masked frames
 whose input hides them (white and noise tokens): ``db_error`` (the fixed measure) and ``l1_masked`` (the
-training loss) of the model and of each rule, and ``context_gain``.
+training loss) of the model and of each rule, and ``context_gain``; and against the copy of the
+best-matching stretch (``db_error_repetition``, ``gain_over_repetition``).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from specbert.train.context import (
     db_scale,
     from_db_scale,
     interpolation,
+    repetition,
 )
 from specbert.train.distributed import unwrap
 from specbert.train.losses import (
@@ -202,15 +207,16 @@ class PretrainTask:
         return compressed(spec, self.tc.loss_power)
 
     def network_input(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
-        """What the network sees (float32) and, with ``residual``, the linear interpolation across each gap
-        that its head corrects (None otherwise).  With ``residual`` every white token shows that
-        interpolation instead of ``loader.mask_value``, so the features of a gap start from the guess the
-        head corrects (white bins teach the network nothing about the gap and swamp the first BatchNorm's
-        statistics: ``benchmarks/README.md``)."""
+        """What the network sees (float32) and, with ``residual``, the guess in each gap (``train.gap_guess``)
+        that its head corrects (None otherwise).  With ``residual`` every white token shows that guess
+        instead of ``loader.mask_value``, so the features of a gap start from what the head corrects
+        (white bins teach the network nothing about the gap and swamp the first BatchNorm's statistics:
+        ``benchmarks/README.md``)."""
         x = batch["input"].float()
         if self.tc.reconstruct != "residual":
             return x, None
-        guess = interpolation(x, self.known_frames(batch["masked"]))  # known frames are the input's own
+        rule = repetition if self.tc.gap_guess == "repetition" else interpolation
+        guess = rule(x, self.known_frames(batch["masked"]))  # known frames are the input's own
         white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1)
         return torch.where(white.to(x.device)[:, None, None, :], guess, x), guess
 
@@ -263,17 +269,19 @@ class PretrainTask:
         return hidden.repeat_interleave(self.cfg.loader.token_frames, dim=1).to(batch["masked"].device)
 
     def validate(self, models: dict[str, nn.Module], batches: Iterable[Batch]) -> dict[str, float]:
-        """The model and the trivial rules (``train.context.TRIVIAL``) on the hidden frames: ``db_error``
-        and ``db_error_<rule>`` (the fixed measure), ``l1_masked`` and ``l1_masked_<rule>`` (the training
-        loss's masked term), ``context_gain``; next-segment accuracy and that of always answering the
-        commoner label."""
+        """The model, the trivial rules (``train.context.TRIVIAL``) and the copy of the best-matching
+        stretch (``repetition``) on the hidden frames: ``db_error`` and ``db_error_<rule>`` (the fixed
+        measure), ``l1_masked`` and ``l1_masked_<rule>`` (the training loss's masked term),
+        ``context_gain`` (over the best trivial rule) and ``gain_over_repetition``; next-segment accuracy
+        and that of always answering the commoner label."""
         sums: Counter = Counter()
         batches_seen = 0
         for batch in batches:
             x, target, is_next = batch["input"].float(), batch["target"], batch["is_next"]
             hidden, known = self.hidden_frames(batch), self.known_frames(batch["masked"])
             _, linear, next_logit = self.predict(models["model"], *self.network_input(batch))
-            guesses = {"": linear, **{f"_{name}": rule(x, known) for name, rule in TRIVIAL.items()}}
+            rules = {**TRIVIAL, "repetition": repetition}
+            guesses = {"": linear, **{f"_{name}": rule(x, known) for name, rule in rules.items()}}
             for suffix, guess in guesses.items():
                 sums[f"db_error{suffix}"] += db_error(guess, target, hidden).item()
                 sums[f"l1_masked{suffix}"] += region_l1(self.domain(guess), self.domain(target),
@@ -285,6 +293,7 @@ class PretrainTask:
         positives, acc = metrics.pop("positives"), metrics.pop("next_acc")
         errors = {"model": metrics["db_error"], **{name: metrics[f"db_error_{name}"] for name in TRIVIAL}}
         metrics["context_gain"] = context_gain(errors)
+        metrics["gain_over_repetition"] = 1.0 - errors["model"] / max(metrics["db_error_repetition"], 1e-12)
         if self.tc.next_weight > 0:
             metrics.update(next_acc=acc, baseline_next_acc=max(positives, 1 - positives))
         return metrics

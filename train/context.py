@@ -151,7 +151,7 @@ def repetition(x: Tensor, known: Tensor, context: int = 4, reference: Tensor | N
             matched = db[b][..., frames[:, : len(where)]]  # [C, F, candidates, len(where)]
             best = (matched - pattern[..., None, :]).abs().mean(dim=(0, 1, 3)).argmin()
             out[b][..., start:stop] = db[b][..., frames[best, len(where):]]
-    return 10 ** (out / 20)
+    return torch.where(known[:, None, None, :], x, 10 ** (out / 20))
 
 
 def context_gain(errors: dict[str, float]) -> float:

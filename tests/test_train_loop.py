@@ -208,7 +208,8 @@ class SlowSteps(PretrainTask):
 
 def test_a_time_budget_ends_the_run_and_spends_the_schedule(tmp_path):
     """train.minutes: the run stops at the first step past the budget, far short of train.steps, saves a
-    checkpoint there, and the learning rate has decayed over the budget (cosine towards 0)."""
+    checkpoint there, and the learning rate has decayed over the budget (cosine towards 0); resumed, it
+    takes no further step (``compare`` run again continues only unfinished arms)."""
     cfg = micro_config("train.steps=100000", "train.minutes=0.1", "train.warmup_steps=1",
                        "train.schedule=cosine", "train.checkpoint_every=0")
     trainer = Trainer(SlowSteps(cfg, SyntheticData(cfg, 2), 0.05), cfg, tmp_path, Dist())
@@ -221,3 +222,6 @@ def test_a_time_budget_ends_the_run_and_spends_the_schedule(tmp_path):
     lrs = [r["lr_model"] for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
            if r["split"] == "train"]
     assert lrs[-1] < 0.5 * max(lrs)
+    again = Trainer(SlowSteps(cfg, SyntheticData(cfg, 2), 0.05), cfg, tmp_path, Dist())
+    assert again.fit(resume=True) is None and again.progress.step == step  # a spent budget stays spent
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == [f"step_{step:08d}"]

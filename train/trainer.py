@@ -252,7 +252,7 @@ class Trainer:
     def _loop(self, stream: BatchStream, log: RunLogger, stop: StopSignals) -> int | None:
         tc, window, meter, postfix = self.tc, [], Throughput(), {}
         clock = time.monotonic()
-        while self.progress.step < tc.steps:
+        while self.progress.step < tc.steps and not self.out_of_time():  # a finished run resumed: done
             meter.start()
             metrics, samples, frames = self.train_step(stream)
             meter.stop(samples * self.dist.world_size, frames * self.dist.world_size)

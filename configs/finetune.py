@@ -19,6 +19,9 @@ class FinetuneConfig:
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
     fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
+    # The starting weights of --init: init_blend x the loaded ones + (1 - init_blend) x fresh ones ("shrink
+    # and perturb", Ash & Adams 2020: a warm start can train slower than a fresh one; 1: as loaded).
+    init_blend: float = 1.0
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
     # The loss compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
     # the quiet bins count too.
@@ -41,6 +44,8 @@ class FinetuneConfig:
     def __post_init__(self):
         if self.steps <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.freeze_encoder_steps < 0:
             raise ValueError("steps and lr must be positive, warmup_steps and freeze_encoder_steps >= 0")
+        if not 0.0 < self.init_blend <= 1.0:
+            raise ValueError(f"init_blend must be in (0, 1], got {self.init_blend}")
         for name in ("remix_prob", "no_vocals_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")

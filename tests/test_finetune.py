@@ -196,6 +196,21 @@ def test_init_leaves_fresh_modules_new(init_file):
     assert torch.equal(model.mask_head.proj.weight, before)
 
 
+def test_init_blend_starts_between_the_loaded_weights_and_fresh_ones(init_file):
+    """``finetune.init_blend``: every loaded tensor starts at ``blend * source + (1 - blend) * fresh``."""
+    source = load_file(str(init_file))
+    model = build_model(load_config("tiny"))
+    fresh = {n: t.clone() for n, t in model.state_dict().items()}
+    report = load_init(model, init_file, blend=0.25)
+    state = model.state_dict()
+    assert report.loaded and "blended 0.25 : 0.75 with fresh weights" in report.lines()[0]
+    for name in report.loaded:
+        if state[name].is_floating_point():
+            assert torch.allclose(state[name], 0.25 * source[name] + 0.75 * fresh[name]), name
+        else:
+            assert torch.equal(state[name], source[name]), name
+
+
 def finetune_args(manifest, run_dir, steps, *sets) -> list[str]:
     args = ["finetune", "--config", "tiny", "--manifest", str(manifest), "--run-dir", str(run_dir),
             "--steps", str(steps), "--device", "cpu"]

@@ -70,25 +70,31 @@ class InitReport:
     new: list[str]  # in the model, not in the source: freshly initialised
     unused: list[str]  # in the source, not in the model
     mismatched: list[tuple[str, list[int], list[int]]]  # (name, source shape, model shape): left new
+    blend: float = 1.0  # the loaded tensors' share of the starting weights (the rest: fresh ones)
 
     def lines(self) -> list[str]:
         def groups(names: Iterable[str]) -> str:
             counts = Counter(".".join(name.split(".")[:2]) for name in names)
             return ", ".join(f"{group} ({n})" for group, n in sorted(counts.items())) or "none"
 
+        blended = (f", blended {self.blend:g} : {1 - self.blend:g} with fresh weights"
+                   if self.blend < 1 else "")
         return [f"init from {self.source}: {len(self.loaded)} tensors loaded, {len(self.new)} new, "
-                f"{len(self.unused)} unused, {len(self.mismatched)} shape mismatches",
+                f"{len(self.unused)} unused, {len(self.mismatched)} shape mismatches{blended}",
                 f"  new: {groups(self.new)}", f"  unused: {groups(self.unused)}",
                 *(f"  shape mismatch: {name} {tuple(src)} in the source, {tuple(dst)} in the model"
                   for name, src, dst in self.mismatched)]
 
 
-def load_init(model: nn.Module, source: str | Path, fresh: Iterable[str] = ()) -> InitReport:
+def load_init(model: nn.Module, source: str | Path, fresh: Iterable[str] = (),
+              blend: float = 1.0) -> InitReport:
     """Load the tensors of ``source`` whose names and shapes match ``model``'s (in place).
 
     ``source``: an exported model file, a checkpoint's ``step_*`` folder, or a run folder (its latest
     checkpoint).  Shape mismatches are left as initialised and reported; so are the tensors of the modules
-    named in ``fresh`` (e.g. ``mask_head``: a new head for the new task), reported as new.
+    named in ``fresh`` (e.g. ``mask_head``: a new head for the new task), reported as new.  With ``blend``
+    below 1 each loaded floating-point tensor becomes ``blend * source + (1 - blend) * model's own``
+    (``finetune.init_blend``: shrink the warm start towards a fresh initialisation).
     """
     source = Path(source)
     file = source if source.is_file() else find_checkpoint(source) / "model.safetensors"
@@ -102,9 +108,11 @@ def load_init(model: nn.Module, source: str | Path, fresh: Iterable[str] = ()) -
     matched = [n for n in state if n in tensors]
     loaded = [n for n in matched if tensors[n].shape == state[n].shape]
     mismatched = [(n, list(tensors[n].shape), list(state[n].shape)) for n in matched if n not in loaded]
-    model.load_state_dict({n: tensors[n] for n in loaded}, strict=False)
+    start = {n: blend * tensors[n].to(state[n].dtype) + (1 - blend) * state[n]
+             if blend != 1.0 and state[n].is_floating_point() else tensors[n] for n in loaded}
+    model.load_state_dict(start, strict=False)
     return InitReport(str(file), loaded, [n for n in state if n not in tensors],
-                      [n for n in tensors if n not in state], mismatched)
+                      [n for n in tensors if n not in state], mismatched, blend)
 
 
 class FinetuneTask:
@@ -153,7 +161,7 @@ class FinetuneTask:
                              "parameter's gradient)")
         resumed = self.run_dir is not None and latest_checkpoint(self.run_dir / "checkpoints") is not None
         if self.init is not None and not resumed:
-            self.init_report = load_init(model, self.init, self.ft.fresh)
+            self.init_report = load_init(model, self.init, self.ft.fresh, self.ft.init_blend)
             if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
                 for line in self.init_report.lines():
                     self.log(line)

@@ -41,6 +41,12 @@ class TrainConfig:
     # residual: the guess in each gap that the network sees and its head corrects: the straight line
     # across the gap, or the best-matching stretch of the crop copied into it (train/context.py).
     gap_guess: Literal["interpolation", "repetition"] = "interpolation"
+    # Utterance mixing (WavLM's): this share of the crops get another crop of the batch added to the frames
+    # their input shows, at a gain uniform in mix_db dB, while the target stays the crop alone: the
+    # unmasked frames' L1 (unmasked_weight) then asks the network to take the intruder out, as a vocal
+    # remover takes the vocals out, and the masked frames' to fill gaps from a mixed context.
+    mix_prob: float = 0.0
+    mix_db: tuple[float, float] = (-12.0, -3.0)
     masked_weight: float = 1.0  # L1 on the masked frames
     unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)
     next_weight: float = 0.0  # BCE of the next-segment head (0: task off; its gradients swamp the L1's)
@@ -75,6 +81,9 @@ class TrainConfig:
             raise ValueError("loss weights must be >= 0")
         if not 0.0 < self.loss_power <= 1.0:
             raise ValueError(f"loss_power must be in (0, 1], got {self.loss_power}")
+        if not 0.0 <= self.mix_prob <= 1.0 or self.mix_db[0] > self.mix_db[1]:
+            raise ValueError(f"mix_prob must be in [0, 1] and mix_db (low, high), got {self.mix_prob}, "
+                             f"{self.mix_db}")
         if self.residual_db <= 0:
             raise ValueError(f"residual_db must be positive, got {self.residual_db}")
         if not 0.0 < self.initial_mask < 1.0:

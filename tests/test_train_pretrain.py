@@ -23,6 +23,7 @@ from specbert.cli import main
 from specbert.configs import load_config
 from specbert.pipeline.example_library import write_example_library
 from specbert.pipeline.ingest import ingest_library
+from specbert.pipeline.masking import WHITE
 from specbert.train.context import DB_FLOOR, TRIVIAL, db_error, interpolation, repetition
 from specbert.train.pretrain import ManifestData, PretrainTask
 
@@ -158,3 +159,41 @@ def test_the_residual_reconstruction_starts_at_its_guess_and_its_loss_is_the_fix
             batch["input"].float(), task.known_frames(batch["masked"]))
         expected = db_error(rule, batch["target"], batch["masked"]).item()
         assert loss.item() * -DB_FLOOR == pytest.approx(expected, rel=1e-4)
+
+
+def test_utterance_mixing_adds_another_crop_where_the_input_shows_frames_and_leaves_context_gain_clean(
+        manifest):
+    """``train.mix_prob=1``: every frame the input shows gets the batch's previous crop added at the drawn
+    gain, white gaps get the guess of that mixed input, and validation scores ``context_gain`` on inputs
+    without the intruder (an untrained model stays at its guess there) and the mixture as it is beside the
+    model's reconstruction (``unmix_gain`` 0 before any step: the head starts at no correction)."""
+    cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.val_batches=2",
+                               "train.mix_prob=1", "train.mix_db=[-6,-6]"])
+    task = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu"))
+    batch = next(iter(task.train_batches(0)))
+    clean, _ = task.network_input(batch, mix=False)
+    mixed, guess = task.network_input(batch)
+    white = (batch["kinds"] == WHITE).repeat_interleave(8, dim=1)[:, None, None, :].expand_as(mixed)
+    intruder = 10 ** (-6 / 20) * batch["target"].float().roll(1, dims=0)
+    assert torch.allclose(mixed[~white], (clean + intruder)[~white])
+    shown = torch.where(white, 0.0, mixed)  # the white frames' own values play no part in the guess
+    assert torch.equal(mixed[white], interpolation(shown, task.known_frames(batch["masked"]))[white])
+    models = task.build_models()
+    with torch.no_grad():
+        metrics = task.validate(models, task.val_batches())
+    assert metrics["db_error"] == pytest.approx(metrics["db_error_interpolation"], abs=1e-4)
+    assert metrics["db_error_unmixed"] == pytest.approx(metrics["db_error_mixture"], abs=1e-4)
+    assert metrics["db_error_mixture"] > 1.0 and metrics["unmix_gain"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_pretraining_with_utterance_mixing_learns_to_take_the_intruder_out(manifest, tmp_path, one_thread):
+    """A few dozen steps with the intruder and the unmasked frames' loss: the reconstruction of the mixed
+    inputs comes closer to the crops alone than the mixtures are (``unmix_gain`` > 0)."""
+    run_dir = tmp_path / "run"
+    args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=40",
+                         "train.preview_every=0", "train.val_batches=2", "train.mix_prob=1",
+                         "train.unmasked_weight=1", "train.lr=1e-2")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    (val,) = records(run_dir, "val")
+    assert val["unmix_gain"] > 0.05, val

@@ -19,6 +19,11 @@ The prediction of the masked frames (``train.reconstruct``):
   the copied stretch ``context_gain`` starts at the copy's, and ``gain_over_repetition`` is what the
   network adds.
 
+Utterance mixing (``train.mix_prob``, after WavLM): the frames a crop's input shows carry another crop of
+the batch too, 3-12 dB quieter by default (``train.mix_db``), while the target stays the crop alone; with
+``train.unmasked_weight`` the network then also learns to take the intruder out, a task of the vocal
+remover's form (a correction of what the input shows), which it learns where filling gaps taught it nothing.
+
 The mask head is started afresh for fine-tuning (``finetune.fresh``), so pretraining may use it this way.
 
 Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)`` in the
@@ -206,19 +211,36 @@ class PretrainTask:
             return db_scale(spec)
         return compressed(spec, self.tc.loss_power)
 
-    def network_input(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+    def network_input(self, batch: Batch, mix: bool = True) -> tuple[Tensor, Tensor | None]:
         """What the network sees (float32) and, with ``residual``, the guess in each gap (``train.gap_guess``)
         that its head corrects (None otherwise).  With ``residual`` every white token shows that guess
         instead of ``loader.mask_value``, so the features of a gap start from what the head corrects
         (white bins teach the network nothing about the gap and swamp the first BatchNorm's statistics:
-        ``benchmarks/README.md``)."""
+        ``benchmarks/README.md``).  With ``mix`` and ``train.mix_prob``, the frames the input shows (all
+        but white tokens and the separator) have ``intruder`` added first."""
         x = batch["input"].float()
+        white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1).to(x.device)
+        if mix and self.tc.mix_prob > 0:
+            shown = ~white
+            if self.pairs:
+                shown[:, seam_frames(shown.shape[1], self.cfg.loader.token_frames)] = False  # the separator
+            x = x + self.intruder(batch) * shown[:, None, None, :]
         if self.tc.reconstruct != "residual":
             return x, None
         rule = repetition if self.tc.gap_guess == "repetition" else interpolation
         guess = rule(x, self.known_frames(batch["masked"]))  # known frames are the input's own
-        white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1)
-        return torch.where(white.to(x.device)[:, None, None, :], guess, x), guess
+        return torch.where(white[:, None, None, :], guess, x), guess
+
+    def intruder(self, batch: Batch) -> Tensor:
+        """``[B, C, F, T]`` float32: what utterance mixing adds to each crop (``train.mix_prob``): the batch's
+        previous crop (as a rule another track's: the loader shuffles) at a gain uniform in ``train.mix_db``
+        dB, or nothing.  Drawn from the global generator, which checkpoints carry and validation seeds."""
+        target = batch["target"].float()
+        b = target.shape[0]
+        low, high = self.tc.mix_db
+        db = low + (high - low) * torch.rand(b)
+        gain = torch.where(torch.rand(b) < self.tc.mix_prob, 10 ** (db / 20), 0.0).to(target.device)
+        return gain[:, None, None, None] * target.roll(1, dims=0)
 
     def predict(self, model: nn.Module, x: Tensor, guess: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """The model's reconstruction of the target in the loss's domain and as magnitudes, and its
@@ -272,14 +294,22 @@ class PretrainTask:
         """The model, the trivial rules (``train.context.TRIVIAL``) and the copy of the best-matching
         stretch (``repetition``) on the hidden frames: ``db_error`` and ``db_error_<rule>`` (the fixed
         measure), ``l1_masked`` and ``l1_masked_<rule>`` (the training loss's masked term),
-        ``context_gain`` (over the best trivial rule) and ``gain_over_repetition``; next-segment accuracy
-        and that of always answering the commoner label."""
+        ``context_gain`` (over the best trivial rule) and ``gain_over_repetition``, all on inputs without
+        utterance mixing; with it (``train.mix_prob``), on the known frames of the mixed inputs, the dB error
+        of the model's reconstruction (``db_error_unmixed``) and of the mixture itself
+        (``db_error_mixture``), and ``unmix_gain`` = 1 - their ratio; next-segment accuracy and that of
+        always answering the commoner label."""
         sums: Counter = Counter()
         batches_seen = 0
         for batch in batches:
             x, target, is_next = batch["input"].float(), batch["target"], batch["is_next"]
             hidden, known = self.hidden_frames(batch), self.known_frames(batch["masked"])
-            _, linear, next_logit = self.predict(models["model"], *self.network_input(batch))
+            _, linear, next_logit = self.predict(models["model"], *self.network_input(batch, mix=False))
+            if self.tc.mix_prob > 0:
+                mixture, guess = self.network_input(batch)
+                sums["db_error_mixture"] += db_error(mixture, target, known).item()
+                sums["db_error_unmixed"] += db_error(self.predict(models["model"], mixture, guess)[1], target,
+                                                     known).item()
             rules = {**TRIVIAL, "repetition": repetition}
             guesses = {"": linear, **{f"_{name}": rule(x, known) for name, rule in rules.items()}}
             for suffix, guess in guesses.items():
@@ -294,19 +324,24 @@ class PretrainTask:
         errors = {"model": metrics["db_error"], **{name: metrics[f"db_error_{name}"] for name in TRIVIAL}}
         metrics["context_gain"] = context_gain(errors)
         metrics["gain_over_repetition"] = 1.0 - errors["model"] / max(metrics["db_error_repetition"], 1e-12)
+        if self.tc.mix_prob > 0:
+            mixture = max(metrics["db_error_mixture"], 1e-12)
+            metrics["unmix_gain"] = 1.0 - metrics["db_error_unmixed"] / mixture
         if self.tc.next_weight > 0:
             metrics.update(next_acc=acc, baseline_next_acc=max(positives, 1 - positives))
         return metrics
 
     def preview(self, models: dict[str, nn.Module], batch: Batch) -> dict[str, np.ndarray]:
         """Left channel of the first item, one colour scale (``train.context.db_image``): target, the
-        network's input, the model's reconstruction of the masked frames (the input elsewhere) and the linear
-        interpolation across each gap (a trivial rule)."""
+        network's input, the model's reconstruction of the frames the loss scores (the masked ones; all with
+        ``train.unmasked_weight``; the input elsewhere) and the linear interpolation across each gap (a
+        trivial rule)."""
         first = {name: value[:1] for name, value in batch.items()}
         x, guess = self.network_input(first)
         _, linear, _ = self.predict(models["model"], x, guess)
         masked = first["masked"]
-        filled = torch.where(masked[:, None, None, :], linear, x)
+        scored = masked | (self.tc.unmasked_weight > 0)
+        filled = torch.where(scored[:, None, None, :], linear, x)
         return {"target": db_image(batch["target"][0, 0]), "masked input": db_image(x[0, 0]),
                 "reconstruction": db_image(filled[0, 0]),
                 "interpolation": db_image(interpolation(x, self.known_frames(masked))[0, 0])}

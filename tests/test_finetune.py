@@ -319,6 +319,14 @@ def test_compare_runs_both_arms_for_each_seed_and_scores_the_test_split(manifest
     assert "| pretrained |" in text and "±" in text and "test instrumental" in text
     assert text.startswith("# Pretrained vs scratch: 2 fine-tuning steps per arm")
     assert "mixture (floor)" in result.stdout
+    # run again, it continues every arm: finished ones (each holding its exported model) take no step
+    again = subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True, text=True,
+                           cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    rerun = json.loads((run_dir / "compare.json").read_text())["runs"]
+    assert [r["final"] for r in rerun] == [r["final"] for r in report["runs"]]
+    assert [r["test"]["usdr_instrumental"] for r in rerun] == pytest.approx(
+        [r["test"]["usdr_instrumental"] for r in report["runs"]], abs=1e-4)
 
 
 def test_the_python_api_is_importable_from_anywhere(tmp_path):

@@ -157,14 +157,19 @@ def _first_line(err: Exception) -> str:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder (``step_*``), or the latest one under a run or ``checkpoints`` folder."""
+    """A checkpoint folder (``step_*``), or the latest one under a run or ``checkpoints`` folder.
+
+    A run folder's checkpoints come first: the model exported into it (``compare``'s arms) is not one.
+    """
     path = Path(path)
+    found = latest_checkpoint(path / "checkpoints")
+    if found is not None:
+        return found
     if (path / "model.safetensors").exists():
         return path
-    for root in (path / "checkpoints", path):
-        found = latest_checkpoint(root)
-        if found is not None:
-            return found
+    found = latest_checkpoint(path)
+    if found is not None:
+        return found
     raise ExportError(f"{path}: no checkpoint (expected step_*/model.safetensors, or a run folder)")
 
 

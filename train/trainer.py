@@ -251,8 +251,10 @@ class Trainer:
 
     def _loop(self, stream: BatchStream, log: RunLogger, stop: StopSignals) -> int | None:
         tc, window, meter, postfix = self.tc, [], Throughput(), {}
+        if self.out_of_time():  # a time-budget run resumed after its budget: nothing left to do
+            return None
         clock = time.monotonic()
-        while self.progress.step < tc.steps and not self.out_of_time():  # a finished run resumed: done
+        while self.progress.step < tc.steps:  # a step past the budget is the last (``last`` below)
             meter.start()
             metrics, samples, frames = self.train_step(stream)
             meter.stop(samples * self.dist.world_size, frames * self.dist.world_size)

@@ -175,7 +175,8 @@ def _finetune_summary(run_dir: Path) -> None:
               help="Checkpoints, TensorBoard logs, metrics.jsonl, preview PNGs and init.json go here.")
 @click.option("--init", "init", type=click.Path(exists=True, path_type=Path), default=None,
               help="Start from a pretraining run or checkpoint folder, or an exported model file "
-                   "(default: from scratch).")
+                   "(default: from scratch); the start blends its weights with fresh ones "
+                   "(finetune.init_blend, finetune.fresh).")
 @click.option("--steps", type=click.IntRange(min=1), default=None,
               help="Step budget (default: finetune.steps).")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --run-dir (if any).")

@@ -221,7 +221,8 @@ def finetune_args(manifest, run_dir, steps, *sets) -> list[str]:
 
 def test_init_from_a_model_file_with_a_frozen_encoder(manifest, init_file, tmp_path, one_thread):
     run_dir = tmp_path / "run"
-    args = finetune_args(manifest, run_dir, 2, "finetune.freeze_encoder_steps=2", "train.val_every=0")
+    args = finetune_args(manifest, run_dir, 2, "finetune.freeze_encoder_steps=2", "finetune.init_blend=1",
+                         "train.val_every=0")
     result = CliRunner().invoke(main, [*args, "--init", str(init_file)])
     assert result.exit_code == 0, result.output
     assert "tensors loaded, 2 new, 0 unused, 0 shape mismatches" in result.output  # finetune.fresh

@@ -19,10 +19,10 @@ class FinetuneConfig:
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
     fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
-    # The starting weights of --init: init_blend x the loaded ones + (1 - init_blend) x fresh ones ("shrink
-    # and perturb", Ash & Adams 2020: a warm start can train slower than a fresh one; 1: as loaded). Half and
-    # half measured best of the starts tried (benchmarks/README.md, "Three seeds of the half-and-half
-    # warm start").
+    # The starting weights of --init: init_blend x the loaded ones + (1 - init_blend) x fresh ones, drawn
+    # apart from the pretraining's own start (FinetuneTask.build_models): "shrink and perturb" (Ash & Adams
+    # 2020: a warm start can train slower than a fresh one); 1 loads them as they are.  Half and half
+    # measured best of the starts tried (benchmarks/README.md, "Three seeds of the half-and-half warm start").
     init_blend: float = 0.5
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
     # The loss compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1

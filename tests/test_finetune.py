@@ -26,6 +26,7 @@ from specbert.pipeline.shards import iter_shard
 from specbert.pipeline.spectral import normalise
 from specbert.pipeline.stems_loader import build_stems_loader, crop_stems, remix, stems_pair
 from specbert.train.finetune import FinetuneTask, load_init
+from specbert.train.rng import seed_all
 
 ROOT = Path(__file__).resolve().parents[1]
 # Six example tracks: four train (one of them instrumental), one validation (ingest.val_fraction=0.1 holds
@@ -209,6 +210,18 @@ def test_init_blend_starts_between_the_loaded_weights_and_fresh_ones(init_file):
             assert torch.allclose(state[name], 0.25 * source[name] + 0.75 * fresh[name]), name
         else:
             assert torch.equal(state[name], source[name]), name
+
+
+def test_a_warm_start_draws_its_fresh_weights_apart_from_the_pretraining_start(init_file):
+    """``init_file`` is the untrained start of seed 1, as a pretraining of ``train.seed=1`` begins.  A
+    fine-tune of the same seed blends it with fresh weights of its own stream, so every randomly
+    initialised tensor moves (with the trainer's stream they would be the same weights, and stay put)."""
+    cfg = load_config("tiny", ["train.seed=1", "finetune.init_blend=0.5"])
+    seed_all(cfg.train.seed)  # as the trainer does before build_models
+    model = FinetuneTask(cfg, "unused", init=init_file, log=lambda line: None).build_models()["model"]
+    source, state = load_file(str(init_file)), model.state_dict()
+    drawn = [n for n, t in source.items() if t.is_floating_point() and t.numel() > 1 and t.std() > 0]
+    assert drawn and all(not torch.allclose(state[n], source[n]) for n in drawn)
 
 
 def finetune_args(manifest, run_dir, steps, *sets) -> list[str]:

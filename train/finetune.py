@@ -20,6 +20,7 @@ mixture times the best single gain (all a constant mask can do).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from collections import Counter, defaultdict
@@ -42,7 +43,7 @@ from specbert.train.checkpoint import find_checkpoint, latest_checkpoint
 from specbert.train.context import db_image
 from specbert.train.distributed import unwrap
 from specbert.train.losses import DISTANCES, compressed, frozen_call
-from specbert.train.rng import derive_seed
+from specbert.train.rng import derive_seed, seeded
 from specbert.train.trainer import NoValidationData, launch
 
 Batch = dict[str, Tensor]
@@ -153,14 +154,19 @@ class FinetuneTask:
         return dict(self._skipped + Counter(self._loader.stats() if self._loader is not None else {}))
 
     def build_models(self) -> dict[str, nn.Module]:
-        model = build_model(self.cfg)
+        resumed = self.run_dir is not None and latest_checkpoint(self.run_dir / "checkpoints") is not None
+        warm = self.init is not None and not resumed
+        # A warm start draws its fresh weights (the new heads, the fresh half of init_blend) from a stream
+        # of its own: with the trainer's seed they would be the very weights a pretraining of the same
+        # train.seed started from, and the blend would only undo half of what pretraining learned.
+        with seeded(derive_seed(self.cfg.train.seed, 3)) if warm else contextlib.nullcontext():
+            model = build_model(self.cfg)
         model.next_head.requires_grad_(False)  # no loss reaches it
         if self.ft.freeze_encoder_steps and torch.distributed.is_initialized() \
                 and torch.distributed.get_world_size() > 1:
             raise ValueError("finetune.freeze_encoder_steps needs a single process (DDP needs every "
                              "parameter's gradient)")
-        resumed = self.run_dir is not None and latest_checkpoint(self.run_dir / "checkpoints") is not None
-        if self.init is not None and not resumed:
+        if warm:
             self.init_report = load_init(model, self.init, self.ft.fresh, self.ft.init_blend)
             if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
                 for line in self.init_report.lines():

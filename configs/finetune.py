@@ -21,9 +21,9 @@ class FinetuneConfig:
     fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
     # The starting weights of --init: init_blend x the loaded ones + (1 - init_blend) x fresh ones, drawn
     # apart from the pretraining's own start (FinetuneTask.build_models): "shrink and perturb" (Ash & Adams
-    # 2020: a warm start can train slower than a fresh one); 1 loads them as they are.  Half and half was
-    # ahead of the loaded start on average, neither beyond the seeds' spread (benchmarks/README.md, "The
-    # blend's fresh half drawn apart from pretraining's start").
+    # 2020: a warm start can train slower than a fresh one); 1 loads them as they are.  Half and half and
+    # the loaded start measured alike, neither beyond the seeds' spread (benchmarks/README.md, "The blend's
+    # fresh half drawn apart from pretraining's start").
     init_blend: float = 0.5
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
     # The loss compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1

@@ -279,13 +279,14 @@ def ingest_options(command):
     return command
 
 
-def _run_ingest(run, roots, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
-    """Shared body of the ingest commands: print the summary, exit 1 when a file failed."""
+def _run_ingest(run, roots, outs, manifest, fmt, codec, workers, scheduler, progress, cfg, **more):
+    """Shared body of the ingest commands: print the summary, exit 1 when a file failed.  ``more``: other
+    ``ingest`` settings given as options (None leaves them)."""
     from specbert.configs import ConfigError
     from specbert.pipeline.ingest import IngestError, with_options
 
     try:
-        cfg = with_options(cfg, format=fmt, codec=codec, workers=workers, scheduler=scheduler)
+        cfg = with_options(cfg, format=fmt, codec=codec, workers=workers, scheduler=scheduler, **more)
         summary = run(roots, outs, cfg, manifest=manifest, progress=progress and progress_bars(),
                       log=log.info)
     except ConfigError as err:
@@ -317,8 +318,12 @@ def ingest(library, outs, manifest, fmt, codec, workers, scheduler, progress, cf
 @click.argument("dataset", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @ingest_options
+@click.option("--synthetic-vocals", is_flag=True, default=None,
+              help="DATASET is a library of instrumental music: each file becomes the accompaniment of a "
+                   "track whose vocals are a synthetic voice (ingest.synthetic_vocals). Fine-tuned on, "
+                   "it pretrains a vocal remover from music without vocals.")
 @config_options
-def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg):
+def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progress, synthetic_vocals, cfg):
     """Turn stems datasets (MUSDB18-HQ folders, MUSDB18 .stem.mp4 files, or mixtures/ + instruments/) into
     complex STFT shards.
 
@@ -326,7 +331,8 @@ def ingest_stems(dataset, outs, manifest, fmt, codec, workers, scheduler, progre
     """
     from specbert.pipeline.ingest import ingest_stems as run
 
-    _run_ingest(run, dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg)
+    _run_ingest(run, dataset, outs, manifest, fmt, codec, workers, scheduler, progress, cfg,
+                synthetic_vocals=synthetic_vocals)
 
 
 @main.command()

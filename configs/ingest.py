@@ -34,6 +34,9 @@ class IngestConfig:
     scheduler: str | None = None  # tcp://host:port of an existing Dask cluster
     stems: tuple[Stem, ...] = ("mixture", "vocals", "accompaniment")  # stored by ingest-stems
     reserve_bytes: int = 1_000_000_000  # free space left untouched on every output drive
+    # ingest-stems of an instrumental library: every audio file is a track's accompaniment, and a synthetic
+    # voice its vocals (pipeline/voices.py), so that music without vocals can teach vocal removal.
+    synthetic_vocals: bool = False
 
     def __post_init__(self):
         if not 0.0 <= self.val_fraction < 1.0:
@@ -44,4 +47,7 @@ class IngestConfig:
             raise ValueError(f"reserve_bytes must be >= 0, got {self.reserve_bytes}")
         if "mixture" not in self.stems or len(set(self.stems)) != len(self.stems):
             raise ValueError(f"stems must name mixture and no stem twice, got {list(self.stems)}")
+        if self.synthetic_vocals and not set(self.stems) <= {"mixture", "vocals", "accompaniment"}:
+            raise ValueError(f"synthetic_vocals makes mixture, vocals and accompaniment only, not "
+                             f"{list(self.stems)}")
         codec_bits(self.codec)

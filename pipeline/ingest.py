@@ -48,7 +48,7 @@ from specbert.pipeline.schema import (
     shard_name,
 )
 from specbert.pipeline.shards import remove_shard
-from specbert.pipeline.stems import scan_stems
+from specbert.pipeline.stems import scan_instrumentals, scan_stems
 from specbert.pipeline.tasks import ShardJob, failed_tracks, identify_batch, one_line, write_shard
 
 IDENTITY = ("id", "artist", "album", "title", "declared")  # what identify adds, reused on resume
@@ -134,8 +134,9 @@ def ingest_library(roots, outs, cfg: Config, manifest=None, progress=True, log=p
 
 
 def ingest_stems(roots, outs, cfg: Config, manifest=None, progress=True, log=print) -> Summary:
-    """``specbert ingest-stems``: stems datasets under ``roots`` into complex stems shards."""
-    items, ignored = scan_stems(roots)
+    """``specbert ingest-stems``: stems datasets under ``roots`` into complex stems shards; with
+    ``ingest.synthetic_vocals``, the instrumental libraries under ``roots`` with synthetic voices."""
+    items, ignored = scan_instrumentals(roots) if cfg.ingest.synthetic_vocals else scan_stems(roots)
     return run_ingest(STEMS, items, ignored, outs, cfg, manifest, progress, log)
 
 

@@ -7,7 +7,10 @@ Layouts under each root:
 - MUSDB18 as distributed: every ``Artist - Title.stem.mp4`` is a track whose audio streams are, in
   order, ``MUSDB_STREAMS`` (decoded by ffmpeg); splits as above;
 - paired folders: ``mixtures/`` and ``instruments/`` holding files with the same names (any audio
-  extension); the instrumental is the accompaniment.
+  extension); the instrumental is the accompaniment;
+- an instrumental library (``ingest.synthetic_vocals``, ``scan_instrumentals``): every audio file is a
+  track's accompaniment, its vocals a synthetic voice drawn from the track's id (``pipeline.voices``), the
+  mixture their sum; artist, album and title as ``specbert ingest`` reads them.
 
 Stored stems are ``ingest.stems`` (default mixture, vocals, accompaniment); a missing one is derived
 exactly in the waveform domain: accompaniment = drums + bass + other (or mixture - vocals), vocals =
@@ -25,10 +28,11 @@ import numpy as np
 
 from specbert.configs import Config
 from specbert.configs.audio import AudioConfig
+from specbert.pipeline import scan
 from specbert.pipeline.audio import AUDIO_EXTS, AudioError, read_audio
-from specbert.pipeline.scan import content_hash
 from specbert.pipeline.schema import FAILED, STEMS, TEST
 from specbert.pipeline.tracks import Track, stored_array
+from specbert.pipeline.voices import vocals_for
 
 STEM_NAMES = ("mixture", "vocals", "drums", "bass", "other", "accompaniment")
 MUSDB_STREAMS = ("mixture", "drums", "bass", "other", "vocals")  # the audio streams of a .stem.mp4
@@ -52,6 +56,14 @@ def scan_stems(roots: Iterable[str | Path]) -> tuple[list[dict], dict[str, list[
         items += found
         ignored += skipped
     return sorted(items, key=lambda item: item["path"]), {NOT_STEMS: ignored} if ignored else {}
+
+
+def scan_instrumentals(roots: Iterable[str | Path]) -> tuple[list[dict], dict[str, list[str]]]:
+    """Every audio file under ``roots`` (as ``scan.scan_library`` finds them) as a stems track whose only
+    file is its accompaniment; ``stem_waves`` adds the synthetic vocals."""
+    items, left_out = scan.scan_library(roots)
+    return [{**item, "kind": STEMS, "files": {"accompaniment": item["path"]}, "synthetic_vocals": True}
+            for item in items], left_out
 
 
 def _audio_files(folder: Path, recursive: bool) -> list[Path]:
@@ -113,9 +125,12 @@ def _item(path: Path, root: Path, files: dict, name: str, split: str | None,
 
 
 def identify(item: dict) -> dict:
-    """Add ``id`` (hash of all stem files), ``artist, album, title`` (from ``Artist - Title``)."""
+    """Add ``id`` (hash of all stem files), ``artist, album, title`` (from ``Artist - Title``; an
+    instrumental library's from tags and folders, as ``scan.identify``)."""
+    if item.get("synthetic_vocals"):
+        return scan.identify(item)
     try:
-        content = content_hash(sorted(set(item["files"].values())))
+        content = scan.content_hash(sorted(set(item["files"].values())))
     except OSError as err:
         return {**item, "status": FAILED, "reason": f"unreadable: {err.strerror or err}"}
     artist, sep, title = item["name"].partition(" - ")
@@ -142,6 +157,9 @@ def stem_waves(item: dict, names: Iterable[str], audio: AudioConfig) -> Iterator
     once) or derived, all trimmed to the shortest; one new array at a time for a derived stem.
     AudioError when the stems differ in length by more than ``MAX_LENGTH_MISMATCH`` or a stem cannot be
     made from the files present."""
+    if item.get("synthetic_vocals"):
+        yield from _with_voice(item, names, audio)
+        return
     recipes = {name: _recipe(name, set(item["files"])) for name in names}
     needed = sorted({source for recipe in recipes.values() for _, source in recipe})
     streams = item.get("streams", {})
@@ -153,6 +171,16 @@ def stem_waves(item: dict, names: Iterable[str], audio: AudioConfig) -> Iterator
     n = min(lengths.values())
     for name, recipe in recipes.items():
         yield name, _mix(waves, recipe, n)
+
+
+def _with_voice(item: dict, names: Iterable[str], audio: AudioConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """The stems of an instrumental track: the file is the accompaniment, the vocals a voice drawn from the
+    track's id, the mixture their sum (``configs.ingest`` allows no other stem)."""
+    accompaniment = read_audio(item["files"]["accompaniment"], audio)
+    vocals = vocals_for(accompaniment, int(item["id"], 16), audio.sample_rate)
+    stems = {"accompaniment": accompaniment, "vocals": vocals}
+    for name in names:
+        yield name, stems[name] if name in stems else accompaniment + vocals  # the mixture
 
 
 def _mix(waves: dict[str, np.ndarray], recipe: list[tuple[int, str]], n: int) -> np.ndarray:

@@ -7,7 +7,7 @@ vibrato, or a spoken glide) shaped by the three formants of a vowel, with an att
 the time a consonant's burst of high noise at its onset.  It is placed a little off centre and scaled to a
 vocal-to-accompaniment ratio drawn from ``VOCAL_DB`` over the frames where the voice sounds.
 
-Numpy only, one pass per syllable: about 0.5 s of CPU per minute of voice.
+Numpy only, one pass over the samples per harmonic of each syllable.
 """
 
 from __future__ import annotations

@@ -84,10 +84,10 @@ def voice(rng: np.random.Generator, n: int, sample_rate: int) -> np.ndarray:
     return out
 
 
-def active_power(wave: np.ndarray, active: np.ndarray, frame: int) -> float:
-    """Mean power of ``wave`` ``[N]`` over the frames of ``frame`` samples where ``active``."""
-    frames = wave[: len(active) * frame].reshape(len(active), frame)
-    return float(np.mean(frames[active] ** 2)) if active.any() else 0.0
+def frame_power(wave: np.ndarray, frame: int) -> np.ndarray:
+    """Mean power of ``wave`` ``[N]`` in each whole frame of ``frame`` samples."""
+    count = len(wave) // frame
+    return (wave[: count * frame].reshape(count, frame) ** 2).mean(axis=1)
 
 
 def vocals_for(accompaniment: np.ndarray, seed: int, sample_rate: int, frame: int = 2048) -> np.ndarray:
@@ -96,12 +96,11 @@ def vocals_for(accompaniment: np.ndarray, seed: int, sample_rate: int, frame: in
     rng = np.random.default_rng(seed)
     channels, n = accompaniment.shape
     mono = voice(rng, n, sample_rate)
-    count = n // frame
-    energy = (mono[: count * frame].reshape(count, frame) ** 2).mean(axis=1)
-    active = energy > energy.max() * 10 ** (ACTIVE_DB / 10) if count else np.zeros(0, bool)
-    music = active_power(accompaniment.mean(axis=0), active, frame)
-    sound = active_power(mono, active, frame)
-    gain = np.sqrt(music / sound) * 10 ** (rng.uniform(*VOCAL_DB) / 20) if sound > 0 and music > 0 else 0.0
+    sound = frame_power(mono, frame)
+    active = sound > sound.max(initial=0.0) * 10 ** (ACTIVE_DB / 10)
+    music = frame_power(accompaniment.mean(axis=0), frame)[active]
+    ratio = 10 ** (rng.uniform(*VOCAL_DB) / 20)
+    gain = np.sqrt(music.mean() / sound[active].mean()) * ratio if active.any() and music.mean() > 0 else 0.0
     pan = rng.uniform(-PAN, PAN)
     sides = np.array([1 - pan, 1 + pan])[:channels] if channels == 2 else np.ones(1)
     return (gain * sides[:, None] * mono[None, :]).astype(np.float32)

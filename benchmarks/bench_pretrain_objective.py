@@ -25,7 +25,7 @@ from specbert.train.trainer import launch
 # The reference design is the defaults of ``seed``; each other variant changes what its name says.
 SEED = ["train.reconstruct=mask", "train.loss_power=1.0", "model.input_power=1.0", "loader.mask_rate=0.15",
         "loader.mask_white=0.8", "loader.mask_noise=0.1", "loader.mask_keep=0.1", "train.next_weight=1.0",
-        "loader.next_segment=true"]
+        "loader.next_segment=true", "train.mix_prob=0", "train.unmasked_weight=0"]
 HEAD = ["train.reconstruct=head", "train.loss_power=0.3"]
 VARIANTS = {
     "seed": SEED,  # 15% spans, 80/10/10, separator + next segment, L1 of input x mask on linear magnitudes
@@ -35,7 +35,7 @@ VARIANTS = {
     "head_input": SEED + HEAD + ["model.input_power=0.3"],  # ... from compressed input
     "head_input_no_next": SEED + HEAD + ["model.input_power=0.3", "train.next_weight=0"],
     "input_only": SEED + ["model.input_power=0.3"],
-    "head_no_next": SEED + HEAD + ["train.next_weight=0"],  # the defaults
+    "head_no_next": SEED + HEAD + ["train.next_weight=0"],  # the defaults until Dec 6 2026
     "silent_mask": SEED + HEAD + ["train.next_weight=0", "loader.mask_value=0.0"],  # masked bins 0, not 1
 }
 BEST = VARIANTS["head_input_no_next"]
@@ -44,7 +44,7 @@ VARIANTS.update({
     "rate60": BEST + ["loader.mask_rate=0.6"],
     "lr3e-3": BEST + ["train.lr=3e-3"],
     "white_only": BEST + ["loader.mask_white=1.0", "loader.mask_noise=0.0", "loader.mask_keep=0.0"],
-    # the interpolation across each gap corrected in dB by the head, L1 in dB: the default
+    # the interpolation across each gap corrected in dB by the head, L1 in dB: the default Dec 6-7 2026
     "residual": SEED + ["train.reconstruct=residual", "train.next_weight=0"],
 })
 RESIDUAL = VARIANTS["residual"]
@@ -54,6 +54,9 @@ VARIANTS.update({
     "residual_token4": RESIDUAL + ["loader.token_frames=4"],
     "residual_token16": RESIDUAL + ["loader.token_frames=16"],
     "residual_lr3e-3": RESIDUAL + ["train.lr=3e-3"],
+    # the defaults since Dec 7 2026: synthetic voices mixed in and taken out by input x mask, the copied
+    # stretch shown in each gap
+    "voices": [],
 })
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Pretrain `base` in bf16 on a real library for a few minutes and print validation context_gain over the
-# steps (train/context.py): does the objective learn from context at GPU scale?  One device call:
+# Pretrain `base` in bf16 on a real library for a few minutes and print validation context_gain, the gain
+# over the copied guess and unmix_gain (the synthetic voices taken out) over the steps (train/context.py,
+# train/pretrain.py): does the objective learn at GPU scale?  One device call:
 #
 #   bash benchmarks/gpu_pretrain.sh SOURCE [OUT [MINUTES]]
 #
@@ -65,5 +66,6 @@ if train:
 for r in (r for r in records if r["split"] == "val"):
     best = min(rules, key=lambda n: r[f"db_error_{n}"])
     print(f"step {r['step']:>5}: context_gain {r['context_gain']:+.3f}  model {r['db_error']:.2f} dB  "
-          f"best trivial {r[f'db_error_{best}']:.2f} dB ({best})  silence {r['db_error_silence']:.2f} dB")
+          f"best trivial {r[f'db_error_{best}']:.2f} dB ({best})  silence {r['db_error_silence']:.2f} dB  "
+          f"gain_over_repetition {r['gain_over_repetition']:+.3f}  unmix_gain {r.get('unmix_gain', 0.0):+.3f}")
 EOF

@@ -18,13 +18,15 @@ class FinetuneConfig:
     warmup_steps: int = 500
     schedule: Literal["cosine", "poly", "constant"] = "cosine"
     freeze_encoder_steps: int = 0  # the encoder levels get no updates for the first N steps
-    fresh: tuple[str, ...] = ("mask_head",)  # modules --init leaves freshly initialised (new heads)
+    # Modules --init leaves freshly initialised: none by default, since pretraining's default head
+    # (train.reconstruct: unmix) is the vocal remover's mask; a pretraining with another head (residual,
+    # head) may want [mask_head].
+    fresh: tuple[str, ...] = ()
     # The starting weights of --init: init_blend x the loaded ones + (1 - init_blend) x fresh ones, drawn
     # apart from the pretraining's own start (FinetuneTask.build_models): "shrink and perturb" (Ash & Adams
-    # 2020: a warm start can train slower than a fresh one); 1 loads them as they are.  Half and half and
-    # the loaded start measured alike, neither beyond the seeds' spread (benchmarks/README.md, "The blend's
-    # fresh half drawn apart from pretraining's start").
-    init_blend: float = 0.5
+    # 2020: a warm start can train slower than a fresh one); 1 (the default) loads them as they are.
+    # Measured in benchmarks/README.md ("The blend's fresh half drawn apart from pretraining's start").
+    init_blend: float = 1.0
     vocal_weight: float = 0.0  # L1 of (1 - mask) * |mixture| vs |vocals|, beside the instrumental's
     # The loss compares magnitudes ** loss_power: 1 is linear (the loud bins dominate, as in SDR); below 1
     # the quiet bins count too.

@@ -33,22 +33,28 @@ class TrainConfig:
     compile: str = ""  # torch.compile backend of the trained models: "inductor" fuses kernels; "" off
     # Losses (pretraining; fine-tuning reads l1_weight and the adversarial settings).
     # Pretraining's objective (train/pretrain.py); the reference design's: mask, 1.0, next_weight 1.0.
-    # Masked frames predicted as input x mask, by the head, or as a correction in dB to the linear
-    # interpolation across each gap (train/pretrain.py).
-    reconstruct: Literal["mask", "head", "residual"] = "residual"
-    loss_power: float = 0.3  # mask, head: the L1 compares magnitudes ** loss_power (1: linear magnitudes)
+    # Masked frames predicted as input x mask (white gaps), by the head, as a correction in dB to a guess
+    # in each gap, or as the vocal remover's own form, the input (with the guess in each gap) x mask.
+    reconstruct: Literal["mask", "head", "residual", "unmix"] = "unmix"
+    # mask, head, unmix: the L1 compares magnitudes ** loss_power; 1 (linear) is the fine-tune's own loss,
+    # which made unmix a better start than 0.3 did (benchmarks/README.md, session 13).
+    loss_power: float = 1.0
     residual_db: float = 10.0  # residual: dB of correction per unit of the head's logit
-    # residual: the guess in each gap that the network sees and its head corrects: the straight line
-    # across the gap, or the best-matching stretch of the crop copied into it (train/context.py).
-    gap_guess: Literal["interpolation", "repetition"] = "interpolation"
-    # Utterance mixing (WavLM's): this share of the crops get another crop of the batch added to the frames
-    # their input shows, at a gain uniform in mix_db dB, while the target stays the crop alone: the
-    # unmasked frames' L1 (unmasked_weight) then asks the network to take the intruder out, as a vocal
-    # remover takes the vocals out, and the masked frames' to fill gaps from a mixed context.
-    mix_prob: float = 0.0
+    # residual, unmix: the guess in each gap that the network sees: the straight line across the gap, or
+    # the best-matching stretch of the crop copied into it (train/context.py).
+    gap_guess: Literal["interpolation", "repetition"] = "repetition"
+    # Mixing: this share of the crops get an intruder added (in power) to the frames their input shows,
+    # while the target stays the crop alone: the unmasked frames' L1 (unmasked_weight) then asks the network
+    # to take the intruder out, as a vocal remover takes the vocals out, and the masked frames' to fill
+    # gaps from a mixed context.  The intruder: a synthetic voice (pipeline/voices.py; a library without
+    # vocals shows the network none otherwise) at a ratio to the crop drawn from voices.VOCAL_DB where it
+    # sounds, or another crop of the batch (WavLM's utterance mixing) at a gain drawn from mix_db dB.
+    mix_prob: float = 0.9
+    mix_source: Literal["voice", "batch"] = "voice"
     mix_db: tuple[float, float] = (-12.0, -3.0)
+    voice_bank: int = 32  # voice: voices rendered at the start, each 4 crops long, cut at random offsets
     masked_weight: float = 1.0  # L1 on the masked frames
-    unmasked_weight: float = 0.0  # L1 on the other frames (HuBERT's unmasked weight)
+    unmasked_weight: float = 1.0  # L1 on the other frames (HuBERT's unmasked weight)
     next_weight: float = 0.0  # BCE of the next-segment head (0: task off; its gradients swamp the L1's)
     l1_weight: float = 1.0  # factor on the L1 terms (100 in the reference adversarial variant)
     adv_weight: float = 0.0  # adversarial generator loss (0: no discriminator)
@@ -84,6 +90,8 @@ class TrainConfig:
         if not 0.0 <= self.mix_prob <= 1.0 or self.mix_db[0] > self.mix_db[1]:
             raise ValueError(f"mix_prob must be in [0, 1] and mix_db (low, high), got {self.mix_prob}, "
                              f"{self.mix_db}")
+        if self.voice_bank < 1:
+            raise ValueError(f"voice_bank must be >= 1, got {self.voice_bank}")
         if self.residual_db <= 0:
             raise ValueError(f"residual_db must be positive, got {self.residual_db}")
         if not 0.0 < self.initial_mask < 1.0:

@@ -7,12 +7,18 @@ vibrato, or a spoken glide) shaped by the three formants of a vowel, with an att
 the time a consonant's burst of high noise at its onset.  It is placed a little off centre and scaled to a
 vocal-to-accompaniment ratio drawn from ``VOCAL_DB`` over the frames where the voice sounds.
 
+``specbert pretrain`` (``train.mix_source: voice``) mixes voices into magnitude crops of the library instead:
+``magnitude_bank`` renders a few once, as spectrogram magnitudes that crops are cut from.
+
 Numpy only, one pass over the samples per harmonic of each syllable.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from specbert.configs.audio import AudioConfig
+from specbert.pipeline.spectral import model_view, stft
 
 # Vowel formants F1, F2, F3 in Hz (adult averages) and their bandwidths.
 VOWELS = np.array([(730, 1090, 2440), (530, 1840, 2480), (270, 2290, 3010), (570, 840, 2410),
@@ -104,3 +110,15 @@ def vocals_for(accompaniment: np.ndarray, seed: int, sample_rate: int, frame: in
     pan = rng.uniform(-PAN, PAN)
     sides = np.array([1 - pan, 1 + pan])[:channels] if channels == 2 else np.ones(1)
     return (gain * sides[:, None] * mono[None, :]).astype(np.float32)
+
+
+def magnitude_bank(seed: int, count: int, frames: int, audio: AudioConfig) -> np.ndarray:
+    """``count`` mono voices drawn from ``seed``, as STFT magnitudes over the model's bins: float16
+    ``[count, model_bins, frames]``, each voice scaled to a peak of 1 (the mixing sets its level)."""
+    rng = np.random.default_rng(seed)
+    bank = np.empty((count, audio.model_bins, frames), dtype=np.float16)
+    for i in range(count):
+        wave = voice(rng, (frames - 1) * audio.hop, audio.sample_rate).astype(np.float32)
+        magnitude = np.abs(model_view(stft(wave[None], audio)[0]))
+        bank[i] = magnitude / max(float(magnitude.max()), 1e-12)
+    return bank

@@ -24,6 +24,7 @@ from specbert.configs import load_config
 from specbert.pipeline.example_library import write_example_library
 from specbert.pipeline.ingest import ingest_library
 from specbert.pipeline.masking import WHITE
+from specbert.pipeline.voices import ACTIVE_DB, VOCAL_DB
 from specbert.train.context import DB_FLOOR, TRIVIAL, db_error, interpolation, repetition
 from specbert.train.pretrain import ManifestData, PretrainTask
 
@@ -104,9 +105,11 @@ def spawn(args: list[str]) -> subprocess.Popen:
 
 
 def test_a_run_stopped_by_sigterm_resumes_to_the_same_state(manifest, tmp_path):
-    """With the reference design's objective (input x mask, linear L1, next segment): still available."""
+    """With the reference design's objective (input x mask over white gaps, linear L1 on the masked frames,
+    next segment, no mixing): still available."""
     steps = 6
-    seed_design = ["train.reconstruct=mask", "train.loss_power=1.0", "train.next_weight=1.0"]
+    seed_design = ["train.reconstruct=mask", "train.loss_power=1.0", "train.next_weight=1.0",
+                   "train.mix_prob=0", "train.unmasked_weight=0"]
     straight = spawn(pretrain_args(manifest, tmp_path / "straight", steps, *seed_design))
     _, err = straight.communicate(timeout=300)
     assert straight.returncode == 0, err
@@ -138,13 +141,12 @@ def test_a_run_stopped_by_sigterm_resumes_to_the_same_state(manifest, tmp_path):
 
 @pytest.mark.parametrize("guess", ["interpolation", "repetition"])
 def test_the_residual_reconstruction_starts_at_its_guess_and_its_loss_is_the_fixed_measure(manifest, guess):
-    """``train.reconstruct=residual`` (the default): before any step the model's reconstruction is the guess
+    """``train.reconstruct=residual``: before any step the model's reconstruction is the guess
     in each gap (``train.gap_guess``: the linear interpolation, or the copy of the best-matching stretch),
     so ``context_gain`` starts from that rule, not below it; the training loss is the dB error itself (on
     a unit scale); validation scores the copy either way."""
     cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.val_batches=2",
-                               f"train.gap_guess={guess}"])
-    assert cfg.train.reconstruct == "residual"
+                               f"train.gap_guess={guess}", "train.reconstruct=residual", "train.mix_prob=0"])
     task = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu"))
     models = task.build_models()
     with torch.no_grad():
@@ -163,19 +165,21 @@ def test_the_residual_reconstruction_starts_at_its_guess_and_its_loss_is_the_fix
 
 def test_utterance_mixing_adds_another_crop_where_the_input_shows_frames_and_leaves_context_gain_clean(
         manifest):
-    """``train.mix_prob=1``: every frame the input shows gets the batch's previous crop added at the drawn
-    gain, white gaps get the guess of that mixed input, and validation scores ``context_gain`` on inputs
-    without the intruder (an untrained model stays at its guess there) and the mixture as it is beside the
-    model's reconstruction (``unmix_gain`` 0 before any step: the head starts at no correction)."""
+    """``train.mix_prob=1, mix_source=batch``: every frame the input shows gets the batch's previous crop
+    added in power at the drawn gain, white gaps get the guess of that mixed input, and validation scores
+    ``context_gain`` on inputs without the intruder (an untrained model stays at its guess there) and the
+    mixture as it is beside the model's reconstruction (``unmix_gain`` 0 before any step: the residual head
+    starts at no correction)."""
     cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.val_batches=2",
-                               "train.mix_prob=1", "train.mix_db=[-6,-6]"])
+                               "train.mix_prob=1", "train.mix_source=batch", "train.mix_db=[-6,-6]",
+                               "train.reconstruct=residual", "train.gap_guess=interpolation"])
     task = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu"))
     batch = next(iter(task.train_batches(0)))
     clean, _ = task.network_input(batch, mix=False)
     mixed, guess = task.network_input(batch)
     white = (batch["kinds"] == WHITE).repeat_interleave(8, dim=1)[:, None, None, :].expand_as(mixed)
     intruder = 10 ** (-6 / 20) * batch["target"].float().roll(1, dims=0)
-    assert torch.allclose(mixed[~white], (clean + intruder)[~white])
+    assert torch.allclose(mixed[~white], (clean.square() + intruder.square()).sqrt()[~white])
     shown = torch.where(white, 0.0, mixed)  # the white frames' own values play no part in the guess
     assert torch.equal(mixed[white], interpolation(shown, task.known_frames(batch["masked"]))[white])
     models = task.build_models()
@@ -192,8 +196,55 @@ def test_pretraining_with_utterance_mixing_learns_to_take_the_intruder_out(manif
     run_dir = tmp_path / "run"
     args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=40",
                          "train.preview_every=0", "train.val_batches=2", "train.mix_prob=1",
-                         "train.unmasked_weight=1", "train.lr=1e-2")
+                         "train.mix_source=batch", "train.reconstruct=residual", "train.lr=1e-2")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     (val,) = records(run_dir, "val")
     assert val["unmix_gain"] > 0.05, val
+
+
+def test_a_synthetic_voice_is_mixed_in_at_a_vocal_ratio_where_the_input_shows_frames(manifest):
+    """The default intruder (``train.mix_source=voice``): a stretch of a voice of the bank at a ratio to the
+    crop within ``voices.VOCAL_DB`` over the frames where the voice sounds, added in power to the frames the
+    input shows; the bank is the same for the same seed; the default head (``unmix``) is input x mask."""
+    cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.batch_size=4",
+                               "train.mix_prob=1", "train.voice_bank=4"])
+    task = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu"))
+    batch = next(iter(task.train_batches(0)))
+    torch.manual_seed(1)
+    voice = task.intruder(batch)
+    target = batch["target"].float()
+    power = voice.square().sum(2).mean(1)
+    assert (power > 0).any(dim=1).all()  # every crop got a voice (mix_prob=1) ...
+    active = power > power.amax(1, keepdim=True) * 10 ** (ACTIVE_DB / 10)
+    ratio_db = 10 * torch.log10((power * active).sum(1) / (target.square().sum(2).mean(1) * active).sum(1))
+    assert ((ratio_db > VOCAL_DB[0] - 0.01) & (ratio_db < VOCAL_DB[1] + 0.01)).all(), ratio_db
+    assert ratio_db.std() > 0.1  # ... at ratios of its own
+    assert (voice[:, 0] != voice[:, 1]).any()  # panned
+    torch.manual_seed(1)
+    mixed, guess = task.network_input(batch)
+    clean, _ = task.network_input(batch, mix=False)
+    shown = (batch["kinds"] != WHITE).repeat_interleave(8, dim=1)[:, None, None, :]
+    assert torch.allclose(mixed, torch.where(shown, (clean.square() + voice.square()).sqrt(), guess))
+    again = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu")).voices(torch.device("cpu"))
+    assert torch.equal(again, task.voices(torch.device("cpu")))
+    model = task.build_models()["model"].eval()
+    with torch.no_grad():
+        _, linear, _ = task.predict(model, mixed, guess)
+        mask, _ = model(mixed)
+    assert torch.allclose(linear, mixed * mask)
+
+
+def test_pretraining_with_synthetic_voices_learns_to_take_them_out(manifest, tmp_path, one_thread):
+    """The default objective on the example library: after a few dozen steps the reconstruction of the mixed
+    inputs is closer to the crops alone than at the first validation (the mask starts at 0.5, as a
+    fine-tune's from scratch, so ``unmix_gain`` starts below 0)."""
+    run_dir = tmp_path / "run"
+    args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=10",
+                         "train.preview_every=0", "train.val_batches=2", "train.mix_prob=1",
+                         "train.voice_bank=4", "train.lr=1e-2")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    first, *_, last = records(run_dir, "val")
+    assert last["unmix_gain"] > first["unmix_gain"] + 0.2, (first, last)
+    assert last["db_error_unmixed"] < 0.9 * first["db_error_unmixed"], (first, last)

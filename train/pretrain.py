@@ -10,21 +10,25 @@ The prediction of the masked frames (``train.reconstruct``):
   itself, a sigmoid squeezed near 0 (targets are mostly 1e-4..1e-2), so the head starts at
   ``train.initial_mask``, and no white token shows the model a value to scale;
 - ``head``: the head's output is the prediction itself, a magnitude ``** loss_power`` in [0, 1];
-- ``residual`` (the default): a guess in each gap (``train.gap_guess``: the linear interpolation across
-  it, the rule that needs no learning, or the best-matching stretch of the crop copied into it,
+- ``residual``: a guess in each gap (``train.gap_guess``: the linear interpolation across it, the rule
+  that needs no learning, or the best-matching stretch of the crop copied into it,
   ``train.context.repetition``), corrected in dB by the head's logit (``train.residual_db`` dB per unit;
   the head starts at 0, so the first prediction is the guess).  White tokens show the network that guess
   in place of ``loader.mask_value``.  The loss is L1 in dB (``context.db_scale``), the fixed measure
   itself.  With the interpolation every bit of ``context_gain`` above 0 is learned from context; with
   the copied stretch ``context_gain`` starts at the copy's, and ``gain_over_repetition`` is what the
-  network adds.
+  network adds;
+- ``unmix`` (the default): the vocal remover's own form, ``input * mask``, where white tokens show the
+  guess in each gap as with ``residual``: the mask keeps the crop and takes out what mixing added (below),
+  in the gaps as elsewhere, so the whole model, mask head included, is a vocal remover's warm start.
 
-Utterance mixing (``train.mix_prob``, after WavLM): the frames a crop's input shows carry another crop of
-the batch too, 3-12 dB quieter by default (``train.mix_db``), while the target stays the crop alone; with
-``train.unmasked_weight`` the network then also learns to take the intruder out, a task of the vocal
-remover's form (a correction of what the input shows), which it learns where filling gaps taught it nothing.
-
-The mask head is started afresh for fine-tuning (``finetune.fresh``), so pretraining may use it this way.
+Mixing (``train.mix_prob``): the frames a crop's input shows carry an intruder too (added in power:
+``sqrt(x^2 + intruder^2)``, the expected magnitude of two sources of unrelated phase), while the target
+stays the crop alone; with ``train.unmasked_weight`` the network learns to take it out.  The intruder
+(``train.mix_source``) is a synthetic voice (``pipeline.voices.magnitude_bank``, rendered once per run) at a
+ratio to the crop drawn from ``voices.VOCAL_DB`` over the frames where the voice sounds, or another crop of
+the batch 3-12 dB quieter (``train.mix_db``; WavLM's utterance mixing).  A library without vocals shows the
+network no voice otherwise: the voice is what makes pretraining teach vocal removal (benchmarks/README.md).
 
 Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)`` in the
 reconstruction's domain (``residual``: dB; otherwise magnitudes ``** train.loss_power``, 1: linear, where
@@ -54,6 +58,7 @@ from specbert.configs import Config
 from specbert.model import build_discriminator, build_model
 from specbert.pipeline.masking import NOISE, WHITE, seam_frames
 from specbert.pipeline.schema import TRAIN, VALIDATION
+from specbert.pipeline.voices import ACTIVE_DB, PAN, VOCAL_DB, magnitude_bank
 from specbert.train.context import (
     DB_FLOOR,
     TRIVIAL,
@@ -171,6 +176,7 @@ class PretrainTask:
     def __init__(self, cfg: Config, data: PretrainData):
         self.cfg, self.tc, self.data = cfg, cfg.train, data
         self.pairs = cfg.loader.next_segment and self.tc.next_weight > 0  # as ManifestData's loader
+        self._voices: Tensor | None = None  # the voice bank, rendered on first use
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
         return self.data.train(epoch)
@@ -185,7 +191,7 @@ class PretrainTask:
         model = build_model(self.cfg)
         if self.tc.reconstruct == "residual":
             model.mask_head.zero_()  # no correction: the first prediction is the interpolation's
-        else:
+        elif self.tc.reconstruct != "unmix":  # unmix: the head starts as a fine-tune's from scratch does
             model.mask_head.start_at(self.tc.initial_mask ** self.tc.loss_power
                                      if self.tc.reconstruct == "head" else self.tc.initial_mask)
         if self.tc.next_weight == 0:
@@ -212,45 +218,73 @@ class PretrainTask:
         return compressed(spec, self.tc.loss_power)
 
     def network_input(self, batch: Batch, mix: bool = True) -> tuple[Tensor, Tensor | None]:
-        """What the network sees (float32) and, with ``residual``, the guess in each gap (``train.gap_guess``)
-        that its head corrects (None otherwise).  With ``residual`` every white token shows that guess
-        instead of ``loader.mask_value``, so the features of a gap start from what the head corrects
-        (white bins teach the network nothing about the gap and swamp the first BatchNorm's statistics:
+        """What the network sees (float32) and, with ``residual`` and ``unmix``, the guess in each gap
+        (``train.gap_guess``; None otherwise).  Then every white token shows that guess instead of
+        ``loader.mask_value``, so the features of a gap start from what the head corrects or scales (white
+        bins teach the network nothing about the gap and swamp the first BatchNorm's statistics:
         ``benchmarks/README.md``).  With ``mix`` and ``train.mix_prob``, the frames the input shows (all
-        but white tokens and the separator) have ``intruder`` added first."""
+        but white tokens and the separator) have ``intruder`` added in power first."""
         x = batch["input"].float()
         white = (batch["kinds"] == WHITE).repeat_interleave(self.cfg.loader.token_frames, dim=1).to(x.device)
         if mix and self.tc.mix_prob > 0:
             shown = ~white
             if self.pairs:
                 shown[:, seam_frames(shown.shape[1], self.cfg.loader.token_frames)] = False  # the separator
-            x = x + self.intruder(batch) * shown[:, None, None, :]
-        if self.tc.reconstruct != "residual":
+            x = torch.sqrt(x.square() + (self.intruder(batch) * shown[:, None, None, :]).square())
+        if self.tc.reconstruct not in ("residual", "unmix"):
             return x, None
         rule = repetition if self.tc.gap_guess == "repetition" else interpolation
         guess = rule(x, self.known_frames(batch["masked"]))  # known frames are the input's own
         return torch.where(white[:, None, None, :], guess, x), guess
 
     def intruder(self, batch: Batch) -> Tensor:
-        """``[B, C, F, T]`` float32: what utterance mixing adds to each crop (``train.mix_prob``): the batch's
-        previous crop (as a rule another track's: the loader shuffles) at a gain uniform in ``train.mix_db``
-        dB, or nothing.  Drawn from the global generator, which checkpoints carry and validation seeds."""
+        """``[B, C, F, T]`` float32: what mixing adds to each crop, with probability ``train.mix_prob``:
+        ``voice`` a stretch of a voice of the bank at a random offset, panned by up to ``voices.PAN``, at a
+        ratio uniform in ``voices.VOCAL_DB`` to the crop's power over the frames where the voice sounds;
+        ``batch`` the batch's previous crop (as a rule another track's: the loader shuffles) at a gain uniform
+        in ``train.mix_db`` dB.  Drawn from the global generator, which checkpoints carry and validation
+        seeds."""
         target = batch["target"].float()
-        b = target.shape[0]
-        low, high = self.tc.mix_db
-        db = low + (high - low) * torch.rand(b)
-        gain = torch.where(torch.rand(b) < self.tc.mix_prob, 10 ** (db / 20), 0.0).to(target.device)
-        return gain[:, None, None, None] * target.roll(1, dims=0)
+        b, c, _, t = target.shape
+        present = torch.rand(b) < self.tc.mix_prob
+        if self.tc.mix_source == "batch":
+            low, high = self.tc.mix_db
+            gain = 10 ** ((low + (high - low) * torch.rand(b)) / 20)
+            return torch.where(present, gain, 0.0).to(target.device)[:, None, None, None] * target.roll(1, 0)
+        bank = self.voices(target.device)  # [V, F, L]
+        pick = torch.randint(len(bank), (b,))
+        start = torch.randint(bank.shape[-1] - t + 1, (b,))
+        mono = torch.stack([bank[i, :, s:s + t].float()
+                            for i, s in zip(pick.tolist(), start.tolist(), strict=True)])
+        pan = PAN * (2 * torch.rand(b) - 1)
+        sides = torch.stack([1 - pan, 1 + pan], dim=1)[:, :c] if c == 2 else torch.ones(b, 1)
+        voice = sides.to(target.device)[:, :, None, None] * mono[:, None]  # [B, C, F, T]
+        power = voice.square().sum(2).mean(1)  # [B, T]: each frame's, over bins, mean of the channels
+        active = power > power.amax(1, keepdim=True) * 10 ** (ACTIVE_DB / 10)
+        music = (target.square().sum(2).mean(1) * active).sum(1)
+        ratio = 10 ** ((VOCAL_DB[0] + (VOCAL_DB[1] - VOCAL_DB[0]) * torch.rand(b)) / 20)
+        gain = (music / (power * active).sum(1).clamp_min(1e-20)).sqrt() * ratio.to(target.device)
+        return torch.where(present.to(target.device), gain, 0.0)[:, None, None, None] * voice
+
+    def voices(self, device: torch.device) -> Tensor:
+        """The voice bank ``[train.voice_bank, F, 4 x loader.crop_frames]`` (float16, on ``device``), drawn
+        from the run's seed: the same on every rank and after a resume."""
+        if self._voices is None:
+            bank = magnitude_bank(derive_seed(self.tc.seed, 4), self.tc.voice_bank,
+                                  4 * self.cfg.loader.crop_frames, self.cfg.audio)
+            self._voices = torch.from_numpy(bank)
+        self._voices = self._voices.to(device)  # moved once
+        return self._voices
 
     def predict(self, model: nn.Module, x: Tensor, guess: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
         """The model's reconstruction of the target in the loss's domain and as magnitudes, and its
         next-segment logit (see the module docstring), from ``network_input``'s ``(x, guess)``."""
-        if guess is not None:
+        if self.tc.reconstruct == "residual":
             logit, next_logit = model(x, logits=True)
             level = db_scale(guess) + logit * (self.tc.residual_db / -DB_FLOOR)
             return level, from_db_scale(level), next_logit
         mask, next_logit = model(x)
-        if self.tc.reconstruct == "mask":
+        if self.tc.reconstruct in ("mask", "unmix"):
             linear = x * mask
             return self.domain(linear), linear, next_logit
         return mask, mask ** (1 / self.tc.loss_power), next_logit

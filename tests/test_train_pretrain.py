@@ -196,11 +196,12 @@ def test_pretraining_with_utterance_mixing_learns_to_take_the_intruder_out(manif
     run_dir = tmp_path / "run"
     args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=40",
                          "train.preview_every=0", "train.val_batches=2", "train.mix_prob=1",
-                         "train.mix_source=batch", "train.reconstruct=residual", "train.lr=1e-2")
+                         "train.mix_source=batch", "train.reconstruct=residual",
+                         "train.gap_guess=interpolation", "train.lr=1e-2")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     (val,) = records(run_dir, "val")
-    assert val["unmix_gain"] > 0.05, val
+    assert val["unmix_gain"] > 0.01, val  # 0 before any step (the residual head starts at no correction)
 
 
 def test_a_synthetic_voice_is_mixed_in_at_a_vocal_ratio_where_the_input_shows_frames(manifest):
@@ -238,11 +239,12 @@ def test_a_synthetic_voice_is_mixed_in_at_a_vocal_ratio_where_the_input_shows_fr
 def test_pretraining_with_synthetic_voices_learns_to_take_them_out(manifest, tmp_path, one_thread):
     """The default objective on the example library: after a few dozen steps the reconstruction of the mixed
     inputs is closer to the crops alone than at the first validation (the mask starts at 0.5, as a
-    fine-tune's from scratch, so ``unmix_gain`` starts below 0)."""
+    fine-tune's from scratch, so ``unmix_gain`` starts below 0).  With compressed magnitudes in the loss
+    (``loss_power`` 0.3) the quiet bins, which the dB measure counts, train within these steps."""
     run_dir = tmp_path / "run"
     args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=10",
                          "train.preview_every=0", "train.val_batches=2", "train.mix_prob=1",
-                         "train.voice_bank=4", "train.lr=1e-2")
+                         "train.voice_bank=4", "train.lr=1e-2", "train.loss_power=0.3")
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     first, *_, last = records(run_dir, "val")

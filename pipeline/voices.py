@@ -10,12 +10,16 @@ vocal-to-accompaniment ratio drawn from ``VOCAL_DB`` over the frames where the v
 ``specbert pretrain`` (``train.mix_source: voice``) mixes voices into magnitude crops of the library instead:
 ``magnitude_bank`` renders a few once, as spectrogram magnitudes that crops are cut from.
 
-Numpy only, one pass over the samples per harmonic of each syllable.
+Voices are synthesised in numpy, one pass over the samples per harmonic of each syllable; the level and pan
+rules (``voice_gain``, ``pan_gains``) are torch, shared by the waveforms of ``vocals_for`` and the batches of
+magnitudes that pretraining mixes.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from specbert.configs.audio import AudioConfig
 from specbert.pipeline.spectral import model_view, stft
@@ -96,20 +100,32 @@ def frame_power(wave: np.ndarray, frame: int) -> np.ndarray:
     return (wave[: count * frame].reshape(count, frame) ** 2).mean(axis=1)
 
 
+def voice_gain(voice_power: Tensor, music_power: Tensor, ratio_db: Tensor) -> Tensor:
+    """``[B]``: the gain that sets each voice at ``ratio_db`` ``[B]`` to its music over the frames where the
+    voice sounds (within ``ACTIVE_DB`` of its loudest frame), from each frame's power ``[B, T]`` of the voice
+    (before panning) and of the music; 0 for a silent voice or silent music."""
+    active = voice_power > voice_power.amax(1, keepdim=True) * 10 ** (ACTIVE_DB / 10)
+    music, sound = (music_power * active).sum(1), (voice_power * active).sum(1)
+    return (music / sound.clamp_min(1e-20)).sqrt() * 10 ** (ratio_db / 20)
+
+
+def pan_gains(pan: Tensor, channels: int) -> Tensor:
+    """``[B, channels]``: each channel's gain for voices placed at ``pan`` ``[B]``: 1 -+ pan (mono: 1)."""
+    return torch.stack([1 - pan, 1 + pan], dim=1) if channels == 2 else torch.ones(len(pan), 1)
+
+
 def vocals_for(accompaniment: np.ndarray, seed: int, sample_rate: int, frame: int = 2048) -> np.ndarray:
     """Synthetic vocals ``[C, N]`` float32 for ``accompaniment`` ``[C, N]``: a voice drawn from ``seed``,
     panned, at a ratio uniform in ``VOCAL_DB`` to the accompaniment over the frames where it sounds."""
     rng = np.random.default_rng(seed)
     channels, n = accompaniment.shape
     mono = voice(rng, n, sample_rate)
-    sound = frame_power(mono, frame)
-    active = sound > sound.max(initial=0.0) * 10 ** (ACTIVE_DB / 10)
-    music = frame_power(accompaniment.mean(axis=0), frame)[active]
-    ratio = 10 ** (rng.uniform(*VOCAL_DB) / 20)
-    gain = np.sqrt(music.mean() / sound[active].mean()) * ratio if active.any() and music.mean() > 0 else 0.0
-    pan = rng.uniform(-PAN, PAN)
-    sides = np.array([1 - pan, 1 + pan])[:channels] if channels == 2 else np.ones(1)
-    return (gain * sides[:, None] * mono[None, :]).astype(np.float32)
+    ratio_db, pan = rng.uniform(*VOCAL_DB), rng.uniform(-PAN, PAN)
+    power = [torch.from_numpy(frame_power(wave, frame)).double()[None]  # [1, frames]
+             for wave in (mono, accompaniment.mean(axis=0))]
+    gain = voice_gain(*power, torch.tensor([ratio_db], dtype=torch.float64))
+    gains = (gain[:, None] * pan_gains(torch.tensor([pan], dtype=torch.float64), channels))[0].numpy()  # [C]
+    return (gains[:, None] * mono[None, :]).astype(np.float32)
 
 
 def magnitude_bank(seed: int, count: int, frames: int, audio: AudioConfig) -> np.ndarray:

@@ -215,7 +215,7 @@ def test_a_synthetic_voice_is_mixed_in_at_a_vocal_ratio_where_the_input_shows_fr
     torch.manual_seed(1)
     voice = task.intruder(batch)
     target = batch["target"].float()
-    power = voice.square().sum(2).mean(1)
+    power = voice.mean(1).square().sum(1)  # the voice's before panning, as voices.vocals_for measures it
     assert (power > 0).any(dim=1).all()  # every crop got a voice (mix_prob=1) ...
     active = power > power.amax(1, keepdim=True) * 10 ** (ACTIVE_DB / 10)
     ratio_db = 10 * torch.log10((power * active).sum(1) / (target.square().sum(2).mean(1) * active).sum(1))

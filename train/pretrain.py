@@ -58,7 +58,7 @@ from specbert.configs import Config
 from specbert.model import build_discriminator, build_model
 from specbert.pipeline.masking import NOISE, WHITE, seam_frames
 from specbert.pipeline.schema import TRAIN, VALIDATION
-from specbert.pipeline.voices import ACTIVE_DB, PAN, VOCAL_DB, magnitude_bank
+from specbert.pipeline.voices import PAN, VOCAL_DB, magnitude_bank, pan_gains, voice_gain
 from specbert.train.context import (
     DB_FLOOR,
     TRIVIAL,
@@ -257,14 +257,12 @@ class PretrainTask:
         mono = torch.stack([bank[i, :, s:s + t].float()
                             for i, s in zip(pick.tolist(), start.tolist(), strict=True)])
         pan = PAN * (2 * torch.rand(b) - 1)
-        sides = torch.stack([1 - pan, 1 + pan], dim=1)[:, :c] if c == 2 else torch.ones(b, 1)
-        voice = sides.to(target.device)[:, :, None, None] * mono[:, None]  # [B, C, F, T]
-        power = voice.square().sum(2).mean(1)  # [B, T]: each frame's, over bins, mean of the channels
-        active = power > power.amax(1, keepdim=True) * 10 ** (ACTIVE_DB / 10)
-        music = (target.square().sum(2).mean(1) * active).sum(1)
-        ratio = 10 ** ((VOCAL_DB[0] + (VOCAL_DB[1] - VOCAL_DB[0]) * torch.rand(b)) / 20)
-        gain = (music / (power * active).sum(1).clamp_min(1e-20)).sqrt() * ratio.to(target.device)
-        return torch.where(present.to(target.device), gain, 0.0)[:, None, None, None] * voice
+        ratio_db = VOCAL_DB[0] + (VOCAL_DB[1] - VOCAL_DB[0]) * torch.rand(b)
+        # each frame's power over the bins [B, T]: the voice's before panning, the crop's mean of the channels
+        device = target.device
+        gain = voice_gain(mono.square().sum(1), target.square().sum(2).mean(1), ratio_db.to(device))
+        gain = torch.where(present.to(device), gain, 0.0)[:, None] * pan_gains(pan, c).to(device)  # [B, C]
+        return gain[:, :, None, None] * mono[:, None]  # [B, C, F, T]
 
     def voices(self, device: torch.device) -> Tensor:
         """The voice bank ``[train.voice_bank, F, 4 x loader.crop_frames]`` (float16, on ``device``), drawn

@@ -15,6 +15,8 @@ pretraining validates on (``--config``'s crop, token length and mask rate, ``--s
   whose ``c`` frames each side best match the ``c`` known frames each side of the gap (music repeats: a
   beat, a bar, a held chord), what attention over frames could learn to do; ``repetition oracle``: the
   stretch that best matches the hidden frames themselves, the most that copying from the crop gives;
+- ``repetition 4, best mask``: that copy times the best mask in [0, 1] (``min(copy, target)`` in each bin),
+  the most that ``train.reconstruct=unmix`` (a mask on the copy shown in each gap) can score;
 - ``oracle_smooth t x f``: the target itself averaged over ``t`` frames and ``f`` bins, how far a
   smooth estimate of the true gap can get (the noise floor of the measure).
 """
@@ -25,6 +27,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from specbert.configs import load_config
@@ -58,8 +61,10 @@ def scores(task: PretrainTask, batches: int) -> dict[str, float]:
             for p in (1, 4, 16):
                 guess = 10 ** ((line + pooled(a * (mean - line), p)) / 20)
                 sums[f"toward_mean {a} / pool {p}"] += db_error(guess, target, hidden).item()
-        for c in (4, 16):
-            sums[f"repetition {c}"] += db_error(repetition(x, known, c), target, hidden).item()
+        copies = {c: repetition(x, known, c) for c in (4, 16)}
+        for c, copy in copies.items():
+            sums[f"repetition {c}"] += db_error(copy, target, hidden).item()
+        sums["repetition 4, best mask"] += db_error(torch.minimum(copies[4], target), target, hidden).item()
         sums["repetition oracle"] += db_error(repetition(x, known, reference=target), target, hidden).item()
         for t, f in ((1, 3), (5, 3), (9, 3)):
             sums[f"oracle_smooth {t} x {f}"] += db_error(smoothed(target, t, f), target, hidden).item()

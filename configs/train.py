@@ -39,6 +39,10 @@ class TrainConfig:
     # mask, head, unmix: the L1 compares magnitudes ** loss_power; 1 (linear) is the fine-tune's own loss,
     # which made unmix a better start than 0.3 did (benchmarks/README.md, session 13).
     loss_power: float = 1.0
+    # mask, head, unmix: a second L1 beside it on the same regions, in dB on a unit scale (train/context.py's
+    # db_scale: the fixed measure / 80), at this weight (0: off).  The linear L1 barely sees quiet bins; this
+    # term weighs every bin above the floor alike, as the fixed measure (context_gain) does.
+    db_weight: float = 0.0
     residual_db: float = 10.0  # residual: dB of correction per unit of the head's logit
     # residual, unmix: the guess in each gap that the network sees: the straight line across the gap, or
     # the best-matching stretch of the crop copied into it (train/context.py).
@@ -59,6 +63,9 @@ class TrainConfig:
     l1_weight: float = 1.0  # factor on the L1 terms (100 in the reference adversarial variant)
     adv_weight: float = 0.0  # adversarial generator loss (0: no discriminator)
     initial_mask: float = 1e-3  # pretraining: the first prediction of a white token (train/pretrain.py)
+    # unmix: the mask the head starts at everywhere; 0.5 as a fine-tune's from scratch.  Its bias moves about
+    # lr per step, so from 0.5 the mask takes thousands of steps to keep clean bins whole (train/pretrain.py).
+    unmix_start: float = 0.5
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.5, 0.999)
     # Bookkeeping (in optimizer steps; 0 switches a feature off).
@@ -92,10 +99,14 @@ class TrainConfig:
                              f"{self.mix_db}")
         if self.voice_bank < 1:
             raise ValueError(f"voice_bank must be >= 1, got {self.voice_bank}")
+        if self.db_weight < 0 or (self.db_weight > 0 and self.reconstruct == "residual"):
+            raise ValueError(f"db_weight must be >= 0, and 0 with reconstruct=residual (its L1 is in dB "
+                             f"already), got {self.db_weight}")
         if self.residual_db <= 0:
             raise ValueError(f"residual_db must be positive, got {self.residual_db}")
-        if not 0.0 < self.initial_mask < 1.0:
-            raise ValueError(f"initial_mask must be in (0, 1), got {self.initial_mask}")
+        if not (0.0 < self.initial_mask < 1.0 and 0.0 < self.unmix_start < 1.0):
+            raise ValueError(f"initial_mask and unmix_start must be in (0, 1), got {self.initial_mask}, "
+                             f"{self.unmix_start}")
         if min(self.log_every, self.val_every, self.val_batches, self.preview_every,
                self.checkpoint_every, self.num_workers) < 0:
             raise ValueError("log_every, val_every, val_batches, preview_every, checkpoint_every and "

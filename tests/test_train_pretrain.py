@@ -163,6 +163,28 @@ def test_the_residual_reconstruction_starts_at_its_guess_and_its_loss_is_the_fix
         assert loss.item() * -DB_FLOOR == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize(("start", "db_range"), [(0.5, (2.5, 9.0)), (0.95, (0.0, 1.5))])
+def test_the_unmix_head_starts_at_unmix_start_and_db_weight_adds_the_l1_in_db(manifest, start, db_range):
+    """``train.unmix_start``: before any step the mask keeps about that share of every bin, so with 0.95 the
+    clean frames are kept nearly whole (the fixed measure on the known frames is small) where 0.5 takes
+    6 dB off each; ``train.db_weight`` adds the dB L1 of the same regions to the loss."""
+    cfg = load_config("tiny", [*SMALL, "train.num_workers=0", "loader.crop_frames=64", "train.mix_prob=0",
+                               f"train.unmix_start={start}", "train.db_weight=0.5"])
+    task = PretrainTask(cfg, ManifestData(cfg, manifest, "cpu"))
+    models = task.build_models()
+    batch = next(iter(task.train_batches(0)))
+    with torch.no_grad():
+        x, guess = task.network_input(batch)
+        mask, _ = models["model"](x)
+        out = task.losses(models, batch)
+    assert mask.median().item() == pytest.approx(start, abs=0.1)
+    known = task.known_frames(batch["masked"])
+    low, high = db_range  # about -20 log10(start) (6.0, 0.45 dB), spread by the head's random weights
+    assert low < db_error(x * mask, batch["target"], known).item() < high
+    assert out["loss"].item() == pytest.approx(out["l1_masked"].item() + out["l1_unmasked"].item()
+                                               + 0.5 * (out["db_masked"].item() + out["db_unmasked"].item()))
+
+
 def test_utterance_mixing_adds_another_crop_where_the_input_shows_frames_and_leaves_context_gain_clean(
         manifest):
     """``train.mix_prob=1, mix_source=batch``: every frame the input shows gets the batch's previous crop
@@ -236,15 +258,18 @@ def test_a_synthetic_voice_is_mixed_in_at_a_vocal_ratio_where_the_input_shows_fr
     assert torch.allclose(linear, mixed * mask)
 
 
-def test_pretraining_with_synthetic_voices_learns_to_take_them_out(manifest, tmp_path, one_thread):
+@pytest.mark.parametrize("quiet_bins", ["train.loss_power=0.3", "train.db_weight=1"])
+def test_pretraining_with_synthetic_voices_learns_to_take_them_out(manifest, tmp_path, one_thread,
+                                                                   quiet_bins):
     """The default objective on the example library: after a few dozen steps the reconstruction of the mixed
     inputs is closer to the crops alone than at the first validation (the mask starts at 0.5, as a
     fine-tune's from scratch, so ``unmix_gain`` starts below 0).  With compressed magnitudes in the loss
-    (``loss_power`` 0.3) the quiet bins, which the dB measure counts, train within these steps."""
+    (``loss_power`` 0.3) or an L1 in dB beside the linear one (``db_weight``) the quiet bins, which the dB
+    measure counts, train within these steps."""
     run_dir = tmp_path / "run"
     args = pretrain_args(manifest, run_dir, 40, "loader.crop_frames=64", "train.val_every=10",
                          "train.preview_every=0", "train.val_batches=2", "train.mix_prob=1",
-                         "train.voice_bank=4", "train.lr=1e-2", "train.loss_power=0.3")
+                         "train.voice_bank=4", "train.lr=1e-2", quiet_bins)
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     first, *_, last = records(run_dir, "val")

@@ -33,6 +33,9 @@ network no voice otherwise: the voice is what makes pretraining teach vocal remo
 Losses: ``l1_weight * (masked_weight * L1_masked + unmasked_weight * L1_unmasked)`` in the
 reconstruction's domain (``residual``: dB; otherwise magnitudes ``** train.loss_power``, 1: linear, where
 L1 is dominated by a few loud bins and its optimum, the median, is near 0)
+``+ db_weight * (masked_weight * dB_masked + unmasked_weight * dB_unmasked)`` (the same regions' L1 in
+``context.db_scale``, where every bin above the floor counts alike: the mask then keeps the quiet bins that
+the linear L1 does not see)
 ``+ next_weight * BCE(next_logit, is_next)`` ``+ adv_weight * BCE(D(reconstructed tokens), 1)``; the
 discriminator (``adv_weight > 0``) learns true vs reconstructed masked tokens cut into
 a batch of their own.
@@ -191,7 +194,10 @@ class PretrainTask:
         model = build_model(self.cfg)
         if self.tc.reconstruct == "residual":
             model.mask_head.zero_()  # no correction: the first prediction is the interpolation's
-        elif self.tc.reconstruct != "unmix":  # unmix: the head starts as a fine-tune's from scratch does
+        elif self.tc.reconstruct == "unmix":
+            if self.tc.unmix_start != 0.5:  # 0.5: the head as built, as a fine-tune's from scratch
+                model.mask_head.start_at(self.tc.unmix_start)
+        else:
             model.mask_head.start_at(self.tc.initial_mask ** self.tc.loss_power
                                      if self.tc.reconstruct == "head" else self.tc.initial_mask)
         if self.tc.next_weight == 0:
@@ -294,6 +300,10 @@ class PretrainTask:
         l1_masked, l1_unmasked = region_l1(pred, self.domain(target), masked)
         out = {"l1_masked": l1_masked, "l1_unmasked": l1_unmasked}
         loss = tc.l1_weight * (tc.masked_weight * l1_masked + tc.unmasked_weight * l1_unmasked)
+        if tc.db_weight > 0:
+            db_masked, db_unmasked = region_l1(db_scale(linear), db_scale(target), masked)
+            out.update(db_masked=db_masked, db_unmasked=db_unmasked)
+            loss = loss + tc.db_weight * (tc.masked_weight * db_masked + tc.unmasked_weight * db_unmasked)
         if tc.next_weight > 0:
             out["next_bce"] = next_segment_bce(next_logit, batch["is_next"])
             out["next_acc"] = next_accuracy(next_logit, batch["is_next"])

@@ -63,9 +63,10 @@ class TrainConfig:
     l1_weight: float = 1.0  # factor on the L1 terms (100 in the reference adversarial variant)
     adv_weight: float = 0.0  # adversarial generator loss (0: no discriminator)
     initial_mask: float = 1e-3  # pretraining: the first prediction of a white token (train/pretrain.py)
-    # unmix: the mask the head starts at everywhere; 0.5 as a fine-tune's from scratch.  Its bias moves about
-    # lr per step, so from 0.5 the mask takes thousands of steps to keep clean bins whole (train/pretrain.py).
-    unmix_start: float = 0.5
+    # unmix: the mask the head starts at everywhere; None: the head as built (about 0.5), as a fine-tune's
+    # from scratch.  Its bias moves about lr per step, so from 0.5 the mask takes thousands of steps to keep
+    # clean bins whole (benchmarks/README.md, session 16).
+    unmix_start: float | None = None
     disc_lr: float = 1e-4
     disc_betas: tuple[float, float] = (0.5, 0.999)
     # Bookkeeping (in optimizer steps; 0 switches a feature off).
@@ -104,7 +105,8 @@ class TrainConfig:
                              f"already), got {self.db_weight}")
         if self.residual_db <= 0:
             raise ValueError(f"residual_db must be positive, got {self.residual_db}")
-        if not (0.0 < self.initial_mask < 1.0 and 0.0 < self.unmix_start < 1.0):
+        starts = (self.initial_mask,) if self.unmix_start is None else (self.initial_mask, self.unmix_start)
+        if not all(0.0 < start < 1.0 for start in starts):
             raise ValueError(f"initial_mask and unmix_start must be in (0, 1), got {self.initial_mask}, "
                              f"{self.unmix_start}")
         if min(self.log_every, self.val_every, self.val_batches, self.preview_every,

@@ -195,7 +195,7 @@ class PretrainTask:
         if self.tc.reconstruct == "residual":
             model.mask_head.zero_()  # no correction: the first prediction is the interpolation's
         elif self.tc.reconstruct == "unmix":
-            if self.tc.unmix_start != 0.5:  # 0.5: the head as built, as a fine-tune's from scratch
+            if self.tc.unmix_start is not None:  # None: the head as built, as a fine-tune's from scratch
                 model.mask_head.start_at(self.tc.unmix_start)
         else:
             model.mask_head.start_at(self.tc.initial_mask ** self.tc.loss_power
